@@ -1,0 +1,5 @@
+import sys
+
+from seqtrack_mlflow.cli import main
+
+sys.exit(main())

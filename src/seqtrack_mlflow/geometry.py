@@ -1,0 +1,117 @@
+"""Box conventions, IoU and the SeqTrack crop: the one place where box maths lives.
+
+Conventions (as in LaSOT and the official code):
+- `xywh`: top-left x, y and width, height in pixels (LaSOT groundtruth.txt; 1-based files are
+  read as-is, exactly like the official toolkit, which never subtracts 1).
+- `cxcywh`: centre x, y and width, height.
+- `xyxy`: top-left and bottom-right corners, x2 = x + w (continuous, not "+1" inclusive pixels).
+All functions take numpy arrays of shape (..., 4) and broadcast over leading dimensions.
+
+The crop follows `sample_target` of the official `lib/train/data/processing_utils.py`: a square
+of side ceil(sqrt(w*h) * factor) centred on the box, zero-padded where it leaves the image,
+resized to `output_size`. `CropWindow` remembers where the crop came from so a box predicted in
+crop pixels maps back to image pixels (the official tracker's `map_box_back`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2], box[..., :2] + box[..., 2:]], axis=-1)
+
+
+def xyxy_to_xywh(box: np.ndarray) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2], box[..., 2:] - box[..., :2]], axis=-1)
+
+
+def xywh_to_cxcywh(box: np.ndarray) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2] + 0.5 * box[..., 2:], box[..., 2:]], axis=-1)
+
+
+def cxcywh_to_xywh(box: np.ndarray) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64)
+    return np.concatenate([box[..., :2] - 0.5 * box[..., 2:], box[..., 2:]], axis=-1)
+
+
+def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of matching boxes, shape (...,). 0 where the union is empty.
+
+    Same formula as the LaSOT/pytracking toolkit (`calc_iou_overlap`): continuous corners,
+    intersection clamped at 0, so disjoint or zero-size boxes give 0, never NaN.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape[-1] != 4 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must have 4 numbers in the last axis, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("IoU of a box with NaN or inf coordinates")
+    tl = np.maximum(a[..., :2], b[..., :2])
+    br = np.minimum(a[..., :2] + a[..., 2:], b[..., :2] + b[..., 2:])
+    inter = np.clip(br - tl, 0.0, None).prod(axis=-1)
+    union = np.clip(a[..., 2:], 0, None).prod(axis=-1) + np.clip(b[..., 2:], 0, None).prod(axis=-1) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """Where a square crop of side `side` (image pixels) starting at (x1, y1) was taken."""
+
+    x1: int
+    y1: int
+    side: int
+    output_size: int
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per image pixel (the official `resize_factor`)."""
+        return self.output_size / self.side
+
+    def image_to_crop(self, box_xywh: np.ndarray) -> np.ndarray:
+        """Image-pixel xywh -> crop-pixel xywh."""
+        box = np.asarray(box_xywh, dtype=np.float64)
+        xy = (box[..., :2] - np.array([self.x1, self.y1])) * self.scale
+        return np.concatenate([xy, box[..., 2:] * self.scale], axis=-1)
+
+    def crop_to_image(self, box_xywh: np.ndarray) -> np.ndarray:
+        """Crop-pixel xywh -> image-pixel xywh (inverse of image_to_crop)."""
+        box = np.asarray(box_xywh, dtype=np.float64)
+        xy = box[..., :2] / self.scale + np.array([self.x1, self.y1])
+        return np.concatenate([xy, box[..., 2:] / self.scale], axis=-1)
+
+
+def crop_window(center_xy: tuple[float, float], side: float, output_size: int) -> CropWindow:
+    """Integer square window of side ceil(side) centred (rounded) on center_xy."""
+    side_px = math.ceil(side)
+    if side_px < 1:
+        raise ValueError(f"crop side {side} is too small (box of zero area?)")
+    x1 = round(center_xy[0] - 0.5 * side_px)
+    y1 = round(center_xy[1] - 0.5 * side_px)
+    return CropWindow(int(x1), int(y1), side_px, output_size)
+
+
+def target_window(box_xywh: np.ndarray, factor: float, output_size: int) -> CropWindow:
+    """The official crop around a target: side ceil(sqrt(w*h) * factor), centred on the box."""
+    x, y, w, h = (float(v) for v in box_xywh)
+    return crop_window((x + 0.5 * w, y + 0.5 * h), math.sqrt(max(w * h, 0.0)) * factor, output_size)
+
+
+def crop_image(image: np.ndarray, window: CropWindow) -> np.ndarray:
+    """Cut `window` out of an (H, W, 3) uint8 image, zero outside it, resized (bilinear).
+
+    One PIL affine transform does crop, zero padding and resize together, so no padded
+    full-size copy is ever made.
+    """
+    img = Image.fromarray(image)
+    box = (window.x1, window.y1, window.x1 + window.side, window.y1 + window.side)
+    out = img.transform((window.output_size, window.output_size), Image.Transform.EXTENT, box,
+                        resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    return np.asarray(out)
