@@ -1,0 +1,154 @@
+"""Training/validation samples: shapes, determinism, official frame rules, crop geometry."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from seqtrack_mlflow.config import load_config
+from seqtrack_mlflow.data.lasot import LasotDataset
+from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples, class_shares, sample_rng
+from seqtrack_mlflow.errors import DataError
+from tests.datatrees import make_lasot_tree
+
+
+def _cfg(**over):
+    base = {"data.samples_per_epoch": "24", "data.val_samples": "6", "data.max_gap": "10",
+            "model.template_size": "32", "model.search_size": "64"}
+    base.update({k: str(v) for k, v in over.items()})
+    return load_config(overrides=base)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = make_lasot_tree(tmp_path_factory.mktemp("lasot"), seqs_per_class=3, frames=40, size=(96, 72))
+    return LasotDataset(root, ("airplane", "bicycle"))
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_item_format(dataset):
+    cfg = _cfg()
+    samples = TrainSamples(dataset, cfg, epoch=0)
+    assert len(samples) == 24
+    item = samples[0]
+    assert item["templates"].shape == (2, 3, 32, 32) and item["templates"].dtype == torch.float32
+    assert item["search"].shape == (3, 64, 64) and item["box"].shape == (4,)
+    assert torch.isfinite(item["search"]).all()
+    with pytest.raises(IndexError):
+        samples[24]
+
+
+def test_pure_function_of_seed_epoch_index(dataset):
+    cfg = _cfg()
+    a = TrainSamples(dataset, cfg, epoch=3)
+    b = TrainSamples(dataset, cfg, epoch=3)
+    # global RNGs are neither used nor disturbed
+    np.random.seed(1), random.seed(1), torch.manual_seed(1)
+    state = (np.random.get_state()[1].copy(), random.getstate(), torch.get_rng_state().clone())
+    forward = [a[i] for i in range(8)]
+    assert (np.random.get_state()[1] == state[0]).all() and random.getstate() == state[1]
+    assert torch.equal(torch.get_rng_state(), state[2])
+    np.random.seed(99), random.seed(99), torch.manual_seed(99)
+    backward = [b[i] for i in reversed(range(8))][::-1]  # other order, other global seeds
+    assert all(_equal(x, y) for x, y in zip(forward, backward))
+    other_epoch = TrainSamples(dataset, cfg, epoch=4)[0]
+    other_seed = TrainSamples(dataset, _cfg(seed=9), epoch=3)[0]
+    assert not _equal(forward[0], other_epoch) and not _equal(forward[0], other_seed)
+
+
+def test_dataloader_workers_do_not_change_batches(dataset):
+    samples = TrainSamples(dataset, _cfg(), epoch=1)
+    main = list(DataLoader(samples, batch_size=4, num_workers=0))
+    worker = list(DataLoader(samples, batch_size=4, num_workers=1))
+    assert len(main) == len(worker) == 6
+    assert all(_equal(x, y) for x, y in zip(main, worker))
+
+
+def test_frame_pick_follows_official_causal_rule(dataset):
+    samples = TrainSamples(dataset, _cfg(), epoch=0)
+    gap = 10
+    for i in range(300):
+        pick = samples.pick_frames(sample_rng(8, 0, i))
+        seq = samples.sequences[pick.sequence]
+        base, prev = pick.templates
+        assert seq.split == "train"
+        assert all(seq.visible[f] for f in (*pick.templates, pick.search))
+        assert base - gap <= prev < base < pick.search < base + gap  # [base, earlier], then later
+        assert base >= 1 and base < len(seq) - 1
+
+
+def test_search_box_stays_within_jitter_bound(dataset):
+    cfg = _cfg(**{"data.grayscale_prob": 0.5})
+    samples = TrainSamples(dataset, cfg, epoch=0)
+    bound = cfg.data.center_jitter / (2 * cfg.data.search_factor)  # 0.4375 of the crop side
+    boxes = torch.stack([samples[i]["box"] for i in range(24)])
+    assert ((boxes[:, :2] - 0.5).abs() <= bound + 2 / cfg.model.search_size).all()
+    assert (boxes[:, 2:] > 0).all()
+
+
+def test_no_jitter_centres_the_target(dataset):
+    cfg = _cfg(**{"data.center_jitter": 0, "data.scale_jitter": 0, "data.flip_prob": 0})
+    box = TrainSamples(dataset, cfg, epoch=0)[5]["box"]
+    side_frac = 1 / cfg.data.search_factor  # target side / crop side for a square target
+    assert torch.allclose(box, torch.tensor([0.5, 0.5, side_frac, side_frac]), atol=0.02)
+
+
+def test_box_centre_sits_on_the_target(dataset):
+    # the tree's targets are saturated squares on grey: the box centre must be coloured,
+    # with and without the flip
+    from seqtrack_mlflow.data.transforms import denormalize
+    for flip in (0.0, 1.0):
+        cfg = _cfg(**{"data.flip_prob": flip, "data.grayscale_prob": 0})
+        samples = TrainSamples(dataset, cfg, epoch=0)
+        for i in range(12):
+            item = samples[i]
+            img = denormalize(item["search"]).astype(int)
+            cx, cy = (item["box"][:2] * cfg.model.search_size).long().tolist()
+            assert img[cy, cx].max() - img[cy, cx].min() > 60, (flip, i)
+
+
+def test_class_shares_sum_exactly(dataset):
+    cfg = _cfg(**{"data.samples_per_epoch": 7})
+    shares = class_shares(dataset, cfg)
+    assert sum(shares.values()) == 7 and set(shares) == {"airplane", "bicycle"}
+
+
+def test_validation_samples_are_fixed(dataset):
+    cfg = _cfg()
+    val = ValidationSamples(dataset, cfg)
+    assert len(val) == 6
+    names = {val.describe(i)[0] for i in range(6)}
+    assert names == {"airplane-1", "bicycle-2"}  # test sequences only
+    again = ValidationSamples(dataset, _cfg(seed=123))
+    assert all(_equal(val[i], again[i]) for i in range(6))
+    item = val[0]
+    assert set(item) == {"templates", "search", "box", "gt_xywh"}
+    assert torch.equal(item["templates"][0], item["templates"][1])  # initial frame in every slot
+    s = cfg.model.search_size
+    gt = item["gt_xywh"]
+    assert torch.allclose(item["box"], torch.stack([gt[0] + gt[2] / 2, gt[1] + gt[3] / 2, gt[2], gt[3]]) / s)
+    for i in range(6):
+        name, f = val.describe(i)
+        seq = next(q for q in dataset.test if q.name == name)
+        assert seq.visible[f] and seq.visible[f - 1]
+
+
+def test_validation_without_test_sequences(tmp_path):
+    root = make_lasot_tree(tmp_path / "l", classes=("bicycle",), seqs_per_class=1, frames=30)
+    ds = LasotDataset(root, ("bicycle",))  # bicycle-1 is a training sequence
+    with pytest.raises(DataError, match="no test sequence"):
+        ValidationSamples(ds, _cfg())
+    assert len(ValidationSamples(ds, _cfg(**{"data.val_samples": 0}))) == 0
+
+
+def test_no_eligible_training_sequence(tmp_path):
+    root = make_lasot_tree(tmp_path / "l", classes=("airplane",), seqs_per_class=1, frames=30)
+    with pytest.raises(DataError, match="no training sequence"):
+        TrainSamples(LasotDataset(root, ("airplane",)), _cfg(), 0)  # airplane-1 is test
