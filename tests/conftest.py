@@ -24,4 +24,6 @@ def tracking_uri(tmp_path_factory, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
     monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
+    # One sample-data cache per test session: generated once, shared by every test.
+    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
     return uri
