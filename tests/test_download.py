@@ -102,3 +102,14 @@ def test_unexpected_layout_and_unknown_class(fake_hub, tmp_path):  # noqa: F811
     with pytest.raises(DataError, match="unknown LaSOT class 'unicorn'"):
         ensure_lasot(tmp_path / "lasot", ["unicorn"], endpoint=fake_hub.url)
     assert fake_hub.requests == []
+
+
+def test_damaged_sequence_is_kept_and_left_to_the_reader(fake_hub, tmp_path, caplog):  # noqa: F811
+    damaged = make_class_zip("airplane", extra={"airplane-4/groundtruth.txt": b"1,2,3,4\n"})
+    fake_hub.add_files(LASOT_REPO, {"airplane.zip": damaged}, repo_type="dataset")
+    root = tmp_path / "lasot"
+    ensure_lasot(root, ["airplane"], endpoint=fake_hub.url)  # the download is not thrown away
+    assert "airplane-4 is damaged" in caplog.text
+    with pytest.raises(DataError, match="airplane-4"):
+        LasotDataset(root, ["airplane"])
+    assert [name for name, _ in LasotDataset(root, ["airplane"], skip_bad=True).skipped] == ["airplane-4"]

@@ -154,8 +154,17 @@ def _load_optional(path: Path, parse) -> Any:
 def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, list[dict[str, Any]]]:
     """Download the run's artifacts, verify them, and lay out the upload folder with README.md."""
     run_id = run.info.run_id
-    with _step(f"downloaded the artifacts of run {run_id}"):
-        artifacts = tracking.download_artifacts(run_id, "", workdir / "artifacts")
+    artifacts = workdir / "artifacts"
+    with _step(f"downloaded the artifacts of run {run_id} (checkpoints/ and {', '.join(RUN_FILES)})"):
+        try:
+            tracking.download_artifacts(run_id, "checkpoints", artifacts)
+        except TrackingError as exc:
+            raise CheckpointError(f"nothing to mirror: {exc}") from None
+        for name in RUN_FILES:
+            try:
+                tracking.download_artifacts(run_id, name, artifacts)
+            except TrackingError:
+                pass  # reported below
     with _step("verified checkpoints against the manifest (sha256, size, safe load)"):
         entries = verify_checkpoints(artifacts)
     stage = workdir / "upload"

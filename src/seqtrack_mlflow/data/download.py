@@ -12,7 +12,8 @@ nothing lists or snapshots the repo.
    paths, `..` components, symlinks and any other non-regular member are refused, naming the
    member), accept both layouts (`<class>-N/` at the zip root, or `<class>/<class>-N/`), check
    every sequence the split files name for the class is there, read the tree with the LaSOT
-   reader, write the marker, and rename the folder to `root/<class>` (atomic on one file system).
+   reader (a damaged sequence is logged, not fatal: the caller's reader decides, see skip_bad),
+   write the marker, and rename the folder to `root/<class>` (atomic on one file system).
 3. Delete the zip unless keep_zip.
 """
 
@@ -72,9 +73,6 @@ def ensure_lasot(root: str | Path, classes, token: str | None = None, endpoint: 
         if not keep_zip:
             zip_path.unlink(missing_ok=True)
         log.info("LaSOT class %s ready in %s (%.1f s)", cls, root / cls, time.monotonic() - started)
-    dataset = LasotDataset(root, classes)
-    log.info("LaSOT at %s: %d train / %d test sequences of %s", root, len(dataset.train),
-             len(dataset.test), ", ".join(classes))
     return root
 
 
@@ -192,7 +190,14 @@ def install_class_zip(zip_path: Path, root: Path, cls: str) -> list[str]:
         for name in SPLIT_FILES:  # read the extracted tree with the same split as the real root
             if (root / name).is_file():
                 shutil.copyfile(root / name, tmp_root / name)
-        LasotDataset(tmp_root, [cls])
+        # Read it like training will. A damaged sequence is reported but does not throw away a
+        # multi-GB download: the caller's reader then fails on it or skips it (skip_bad).
+        dataset = LasotDataset(tmp_root, [cls], skip_bad=True)
+        if not dataset.sequences:
+            raise DataError(f"{zip_path}: no readable sequence ({dataset.skipped[0][1]})")
+        for name, why in dataset.skipped:
+            log.warning("%s: sequence %s is damaged in the download: %s", zip_path.name, name, why)
+        log.info("%s: %d train / %d test sequences read back", cls, len(dataset.train), len(dataset.test))
         (tmp_root / cls / MARKER).write_text(json.dumps(
             {"class": cls, "source": f"{LASOT_REPO}/{zip_path.name}", "sequences": sequences},
             indent=1) + "\n", encoding="utf-8")
