@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,31 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.pop("HF_TOKEN", None)
 
 
+@pytest.fixture(scope="session")
+def empty_tracking_db(tmp_path_factory) -> Path:
+    """An initialised, empty sqlite store. Creating one runs ~6 s of schema migrations, so it
+    is made once and copied for each test. Its Default experiment keeps artifacts in this
+    session folder (never in the repository's mlruns/)."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow-template")
+    db = root / "mlflow.db"
+    previous = os.getcwd()
+    os.chdir(root)  # the Default experiment's artifact location is ./mlruns at creation
+    try:
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+    finally:
+        os.chdir(previous)
+    return db
+
+
 @pytest.fixture(autouse=True)
-def tracking_uri(tmp_path_factory, monkeypatch) -> str:
-    """A fresh sqlite tracking store (artifacts beside it) for every test."""
+def tracking_uri(tmp_path_factory, monkeypatch, empty_tracking_db) -> str:
+    """A fresh sqlite tracking store for every test."""
     root = tmp_path_factory.mktemp("mlflow")
+    shutil.copy(empty_tracking_db, root / "mlflow.db")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(root / "artifacts"))
     monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
     # One sample-data cache per test session: generated once, shared by every test.
     monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))

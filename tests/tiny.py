@@ -23,6 +23,7 @@ def write_tiny_config(folder: Path, **sections) -> Path:
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
     for section, values in sections.items():
         tree[section].update(values)
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path

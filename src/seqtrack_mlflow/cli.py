@@ -94,6 +94,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
+    from seqtrack_mlflow.train.determinism import ensure_hash_seed
+    ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     return _import("seqtrack_mlflow.train.trainer", "train").run_training(cfg)
 
 

@@ -10,6 +10,7 @@ that run; run by hand, a new run is created in the current experiment.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -183,3 +184,111 @@ def cli_download(args) -> int:
         print(f)
     log.info("downloaded %d file(s) of run %s to %s", len(files), args.run_id, path)
     return 0
+
+
+# -- trainer helpers ---------------------------------------------------------------------------
+# Metrics logged every progress block (step = global sample count); copied on resume.
+BLOCK_METRICS = ("train/loss", "train/iou", "time/block_seconds", "time/elapsed_seconds",
+                 "time/eta_epoch_seconds", "time/samples_per_second")
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def mlflow_version() -> str:
+    return mlflow.__version__
+
+
+def latest_checkpoint(run_id: str, folder: Path) -> Path:
+    """Download a run's checkpoints (and its training log) into folder; newest epoch's path."""
+    names = [Path(a.path).name for a in MlflowClient().list_artifacts(run_id, "checkpoints")]
+    epochs = sorted(int(n[6:-5]) for n in names if n.startswith("epoch_") and n.endswith(".ckpt"))
+    if not epochs:
+        raise TrackingError(f"run {run_id} has no checkpoints/epoch_N.ckpt artifact to resume from")
+    download_artifacts(run_id, "checkpoints", folder)
+    with contextlib.suppress(TrackingError):  # a run killed early may not have logged it
+        download_artifacts(run_id, "training_log.txt", folder)
+    return folder / "checkpoints" / f"epoch_{epochs[-1]}.ckpt"
+
+
+def close_resumed_run(run_id: str, resumed_by: str) -> None:
+    """A run that a resume takes over: tag it, and mark it KILLED if it was left RUNNING."""
+    client = MlflowClient()
+    client.set_tag(run_id, "seqtrack.resumed_by", resumed_by)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="KILLED")
+
+
+# -- evaluation ------------------------------------------------------------------------------
+# `evaluate` reads a training run (checkpoint list, epoch metrics) and writes its results to a
+# run of its own: nested under the training run (tag mlflow.parentRunId, same experiment), or
+# standalone for a checkpoint file. Under `mlflow run -e evaluate` that run is the project's.
+EVAL_KIND_TAG = "seqtrack.kind"
+
+
+def checkpoint_epochs(run_id: str) -> list[int]:
+    """Epochs N of the run's `checkpoints/epoch_N.ckpt` artifacts, ascending."""
+    find_run(run_id)
+    names = [Path(a.path).name for a in MlflowClient().list_artifacts(run_id, "checkpoints")]
+    return sorted(int(n[6:-5]) for n in names
+                  if n.startswith("epoch_") and n.endswith(".ckpt") and n[6:-5].isdigit())
+
+
+def metric_points(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged point of a metric, by step (empty if never logged)."""
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
+
+
+def latest_run_with_checkpoints(experiment: str | None = None) -> str:
+    """Newest FINISHED, non-evaluation run of the experiment that logged checkpoints."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment or "Default")
+    if exp is None:
+        raise TrackingError(f"experiment {experiment or 'Default'!r} not found in {mlflow.get_tracking_uri()}")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=100)
+    for run in runs:
+        if run.data.tags.get(EVAL_KIND_TAG) != "evaluation" and checkpoint_epochs(run.info.run_id):
+            return run.info.run_id
+    raise TrackingError(f"experiment {exp.name!r} has no FINISHED training run with checkpoints; "
+                        "pass --run-id or --checkpoint")
+
+
+class EvaluationRun:
+    """The MLflow run of one evaluation: `with EvaluationRun(...) as run:` ends it FINISHED,
+    or FAILED (and re-raises) on an exception."""
+
+    def __init__(self, run_name: str, parent_run_id: str = "", tags: dict[str, Any] | None = None):
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.tags = {EVAL_KIND_TAG: "evaluation", **{k: str(v) for k, v in (tags or {}).items()}}
+        self.run_id = ""
+
+    def __enter__(self) -> "EvaluationRun":
+        import os  # local: keeps this block self-contained
+
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id  # what nested=True would set
+        if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run
+            run = mlflow.start_run(tags=tags)
+        else:
+            exp_id = find_run(self.parent_run_id).info.experiment_id if self.parent_run_id else None
+            run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=tags)
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            mlflow.set_tag("seqtrack.error", f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status="FINISHED" if exc is None else "FAILED")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str = "evaluation") -> None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)

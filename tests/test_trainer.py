@@ -1,0 +1,191 @@
+"""The trainer end to end: run contents, determinism, exact resume, CPU fallback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from seqtrack_mlflow import cli
+from seqtrack_mlflow.config import load_config
+from seqtrack_mlflow.errors import ConfigError
+from seqtrack_mlflow.train.checkpoint import load_checkpoint, sha256_file
+from seqtrack_mlflow.train.progress import BLOCK_RE
+from seqtrack_mlflow.train.trainer import load_resume_state, resolve_device
+
+from .conftest import REPO
+from .tiny import TINY, write_tiny_config
+
+DETERMINISTIC_METRICS = ("train/loss", "train/iou", "epoch/train_loss", "epoch/val_iou", "epoch/best_val_iou")
+
+
+def train(tmp_path: Path, *args: str, **sections) -> str:
+    """Train in this process (PYTHONHASHSEED preset so no re-exec); return the run id."""
+    config = write_tiny_config(tmp_path, **sections)
+    client = MlflowClient()
+    before = {r.info.run_id for r in client.search_runs(["0"])}
+    assert cli.main(["train", "--config", str(config), "--output-dir", str(tmp_path / "outputs"), *args]) == 0
+    (run_id,) = {r.info.run_id for r in client.search_runs(["0"])} - before
+    return run_id
+
+
+def metrics(run_id: str) -> dict[str, list[tuple[int, float]]]:
+    client = MlflowClient()
+    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in DETERMINISTIC_METRICS}
+
+
+def checkpoint(tmp_path: Path, run_id: str, epoch: int) -> dict:
+    """A checkpoint without its wall-clock entries (the only parts that may differ)."""
+    state = load_checkpoint(tmp_path / "outputs" / run_id / "checkpoints" / f"epoch_{epoch}.ckpt")
+    state["metrics"] = [{k: v for k, v in m.items() if k != "seconds"} for m in state["metrics"]]
+    return state
+
+
+def assert_same_tensors(a, b, path="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(autouse=True)
+def no_reexec(monkeypatch):
+    """In-process training must not re-exec pytest to set PYTHONHASHSEED (nothing here hashes
+    strings into results; the subprocess test below covers the real entry point)."""
+    monkeypatch.setenv("PYTHONHASHSEED", "8")
+    monkeypatch.setenv("SEQTRACK_HASHSEED_SET", "1")
+
+
+def test_a_run_holds_params_metrics_artifacts_and_the_spec_log(tmp_path):
+    run_id = train(tmp_path)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["seed"] == "8" and params["train.epochs"] == "3" and params["device"] == "cpu"
+    assert params["train.batch_size"] == "8" and params["data.classes"] == "airplane,bicycle"
+    assert any(k.startswith("dataset.airplane.") for k in params)
+    assert run.data.tags["seqtrack.device"] == "cpu" and run.data.tags["seqtrack.torch_version"]
+    assert run.inputs.dataset_inputs, "the frame index is logged as the run's dataset input"
+
+    history = metrics(run_id)
+    epochs, per_epoch = 3, TINY["data"]["samples_per_epoch"]
+    assert [s for s, _ in history["epoch/val_iou"]] == [1, 2, 3]
+    # One block each time the count crosses a multiple of 16 (batch 8: 16, 32) plus the epoch's end.
+    steps = [s for s, _ in history["train/loss"]]
+    assert steps == [e * per_epoch + c for e in range(epochs) for c in (16, 32, 40)]
+    for key in ("time/block_seconds", "time/elapsed_seconds", "time/eta_epoch_seconds", "time/samples_per_second"):
+        assert len(MlflowClient().get_metric_history(run_id, key)) == len(steps)
+    best = [v for _, v in history["epoch/best_val_iou"]]
+    assert best == sorted(best) and best[-1] == max(v for _, v in history["epoch/val_iou"])
+
+    out = tmp_path / "outputs" / run_id
+    client = MlflowClient()
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"training_log.txt", "report.md", "config.yaml", "dataset_summary.json", "checkpoints", "plots"} <= top
+    ckpts = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
+    assert ckpts == {"epoch_1.ckpt", "epoch_2.ckpt", "epoch_3.ckpt", "manifest.json"}
+    assert {Path(a.path).name for a in client.list_artifacts(run_id, "plots")} == {"loss.png", "iou.png"}
+
+    log_text = (out / "training_log.txt").read_text()
+    blocks = list(BLOCK_RE.finditer(log_text))
+    assert "".join(b.group(0) for b in blocks) == log_text, "nothing but the spec's four-line blocks"
+    assert [(int(b.group(1)), int(b.group(2)), int(b.group(3))) for b in blocks] == [
+        (e, c, per_epoch) for e in (1, 2, 3) for c in (16, 32, 40)]
+    assert [int(b.group(4)) for b in blocks][:3] == [16, 16, 8]
+
+    manifest = json.loads((out / "checkpoints" / "manifest.json").read_text())["checkpoints"]
+    for entry in manifest:
+        assert sha256_file(out / "checkpoints" / entry["file"]) == entry["sha256"]
+    state = torch.load(out / "checkpoints" / "epoch_3.ckpt", weights_only=True)
+    assert {"model_state_dict", "optimizer_state_dict", "epoch", "seed", "scheduler_state_dict", "rng",
+            "config", "metrics", "versions"} <= state.keys()
+    assert state["epoch"] == 3 and state["seed"] == 8 and len(state["metrics"]) == 3
+    assert state["config"]["train"]["epochs"] == 3
+
+    report = (out / "report.md").read_text()
+    assert "XXXX" not in report and "X:XX:XX" not in report
+    assert f"Best IoU: {best[-1]:.4f}" in report
+    for entry in manifest:
+        assert entry["sha256"] in report
+
+
+def test_same_seed_is_bit_identical_whatever_the_worker_count_and_another_seed_differs(tmp_path):
+    a = train(tmp_path / "a", train={"epochs": 2, "workers": 0})
+    b = train(tmp_path / "b", train={"epochs": 2, "workers": 1})
+    c = train(tmp_path / "c", "--seed", "9", train={"epochs": 2})
+    assert metrics(a) == metrics(b)
+    assert_same_tensors(checkpoint(tmp_path / "a", a, 2)["model_state_dict"],
+                        checkpoint(tmp_path / "b", b, 2)["model_state_dict"])
+    assert_same_tensors(checkpoint(tmp_path / "a", a, 2)["optimizer_state_dict"],
+                        checkpoint(tmp_path / "b", b, 2)["optimizer_state_dict"])
+    assert metrics(a)["train/loss"] != metrics(c)["train/loss"]
+    wa, wc = checkpoint(tmp_path / "a", a, 2)["model_state_dict"], checkpoint(tmp_path / "c", c, 2)["model_state_dict"]
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("resume_by", ["run_id", "path"])
+def test_resume_after_epoch_k_is_bit_identical_to_never_stopping(tmp_path, resume_by):
+    full = train(tmp_path / "full")
+    first = train(tmp_path / "part", train={"epochs": 1})
+    source = first if resume_by == "run_id" else str(tmp_path / "part" / "outputs" / first / "checkpoints" / "epoch_1.ckpt")
+    resumed = train(tmp_path / "part", "--resume", source)
+
+    assert metrics(resumed) == metrics(full)
+    for epoch in (1, 2, 3):
+        a, b = checkpoint(tmp_path / "full", full, epoch), checkpoint(tmp_path / "part", resumed, epoch)
+        for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "metrics"):
+            assert_same_tensors(a[key], b[key], key)
+    client = MlflowClient()
+    assert {Path(x.path).name for x in client.list_artifacts(resumed, "checkpoints")} >= {
+        "epoch_1.ckpt", "epoch_2.ckpt", "epoch_3.ckpt"}
+    tags = client.get_run(resumed).data.tags
+    assert tags["seqtrack.resumed_from_epoch"] == "1"
+    log_text = (tmp_path / "part" / "outputs" / resumed / "training_log.txt").read_text()
+    assert [int(b.group(1)) for b in BLOCK_RE.finditer(log_text)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    first = train(tmp_path, train={"epochs": 1})
+    other = write_tiny_config(tmp_path / "other", train={"lr": 1e-3})
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_resume_state(load_config(other, {"train.resume": first}))
+    with pytest.raises(ConfigError, match="already finished epoch 1"):
+        load_resume_state(load_config(write_tiny_config(tmp_path / "other", train={"epochs": 1}),
+                                      {"train.resume": first}))
+
+
+def test_cpu_fallback_when_cuda_is_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_mlflow_run_of_the_project(tmp_path):
+    """`mlflow run .` exactly as a user types it (local env), then the run read back."""
+    config = write_tiny_config(tmp_path, train={"epochs": 2, "output_dir": str(tmp_path / "outputs")})
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "epochs=2",
+         "-P", f"config={config}", "-P", "workers=0", "-P", "batch_size=8", "-P", "samples_per_epoch=24"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = MlflowClient().search_runs(["0"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["data.samples_per_epoch"] == "24"
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "epoch/val_iou")] == [1, 2]
+    assert "Epoch 2 : 24 / 24 samples , " in result.stdout
