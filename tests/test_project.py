@@ -16,7 +16,7 @@ from .conftest import REPO
 
 EXPECTED = {
     "main": {"epochs": ("int", 5), "seed": ("int", 8), "batch_size": ("int", 16),
-             "workers": ("int", 1), "patch_size": ("int", 8),
+             "workers": ("int", 1), "nproc": ("int", 1), "patch_size": ("int", 8),
              "classes": ("string", "airplane,bicycle"), "data": ("string", "sample"),
              "data_dir": ("string", ""), "config": ("string", "configs/default.yaml"),
              "device": ("string", "auto"), "precision": ("string", "fp32"),

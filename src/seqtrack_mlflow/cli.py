@@ -25,6 +25,7 @@ CONFIG_FLAGS = {
     "--epochs": ("train.epochs", "training epochs"),
     "--batch-size": ("train.batch_size", "samples per optimizer step"),
     "--workers": ("train.workers", "data loader worker processes"),
+    "--nproc": ("train.nproc", "data-parallel processes (torchrun, gloo on CPU / nccl on GPU)"),
     "--device": ("train.device", "auto | cpu | cuda | cuda:N"),
     "--precision": ("train.precision", "fp32 | bf16 | fp16"),
     "--output-dir": ("train.output_dir", "local folder for run outputs"),
@@ -96,6 +97,8 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from seqtrack_mlflow.train.determinism import ensure_hash_seed
     ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
+    from seqtrack_mlflow.train.distributed import launch_if_needed
+    launch_if_needed(cfg.train.nproc)  # nproc > 1: re-exec under torchrun
     return _import("seqtrack_mlflow.train.trainer", "train").run_training(cfg)
 
 

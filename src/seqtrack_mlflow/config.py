@@ -115,7 +115,9 @@ class TrainConfig:
     batch_size: int = 16
     """Samples per optimizer step (official 16 per GPU)."""
     workers: int = 1
-    """DataLoader worker processes (0 = load in the main process)."""
+    """DataLoader worker processes per training process (0 = load in the main process)."""
+    nproc: int = 1
+    """Data-parallel training processes (torchrun); batch_size stays the global batch."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     precision: str = "fp32"
@@ -322,6 +324,10 @@ def validate(cfg: Config) -> None:
     _need(t.epochs >= 1, "train.epochs", t.epochs, "use an integer >= 1")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use an integer >= 1")
     _need(t.workers >= 0, "train.workers", t.workers, "use an integer >= 0")
+    _need(t.nproc >= 1, "train.nproc", t.nproc, "use an integer >= 1")
+    _need(t.batch_size % t.nproc == 0 and d.samples_per_epoch % t.nproc == 0, "train.nproc", t.nproc,
+          f"train.batch_size ({t.batch_size}) and data.samples_per_epoch ({d.samples_per_epoch}) "
+          "must be divisible by it")
     _need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, "train.device", t.device,
           "use auto, cpu, cuda or cuda:N")
     _need(t.precision in PRECISIONS, "train.precision", t.precision,

@@ -292,3 +292,12 @@ class EvaluationRun:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str = "evaluation") -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+class NullRun:
+    """What data-parallel ranks other than 0 hold instead of a run: logging does nothing."""
+
+    run_id = ""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 import seqtrack_mlflow
 from seqtrack_mlflow import tracking
@@ -40,7 +41,7 @@ from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, SeqTrackError
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
-from seqtrack_mlflow.train import report
+from seqtrack_mlflow.train import distributed, report
 from seqtrack_mlflow.train.actor import SeqTrackActor
 from seqtrack_mlflow.train.checkpoint import (CHECKPOINT_FORMAT, checkpoint_name, load_checkpoint,
                                               save_checkpoint, sha256_file)
@@ -114,15 +115,29 @@ def autocast(device: torch.device, precision: str):
 def run_training(cfg: Config) -> int:
     """Entry point of `python -m seqtrack_mlflow train`: one MLflow run, always closed."""
     device = resolve_device(cfg.train.device)
-    seed_everything(cfg.seed)
     autocast(device, cfg.train.precision)  # reject fp16 on CPU before a run exists
+    info = distributed.init(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    if not info.is_main:  # other ranks train in lockstep; rank 0 owns the run and the files
+        try:
+            with _StopFlag() as stop:
+                Trainer(cfg, device, tracking.NullRun(), stop, info).fit()
+        except StopRequested as exc:
+            return 128 + exc.signum
+        finally:
+            distributed.shutdown(info)
+        return 0
     run = tracking.TrainingRun().start()
     log.info("MLflow run %s (tracking %s)", run.run_id, tracking.tracking_uri())
-    log.info("device: %s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
-             + ("available)" if device.type == "cuda" else "not available, CPU fallback)"))
+    log.info("device: %s%s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
+             + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
+             f", {info.world} processes" if info.enabled else "")
     try:
         with _StopFlag() as stop:
-            Trainer(cfg, device, run, stop).fit()
+            Trainer(cfg, device, run, stop, info).fit()
     except StopRequested as exc:
         last = f"epoch_{exc.epoch - 1}.ckpt" if exc.epoch > 1 else "no checkpoint yet"
         log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
@@ -139,16 +154,20 @@ def run_training(cfg: Config) -> int:
         log.error("training failed: %s: %s", type(exc).__name__, exc)
         run.end("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        distributed.shutdown(info)
     run.end("FINISHED")
     return 0
 
 
 class Trainer:
-    def __init__(self, cfg: Config, device: torch.device, run: tracking.TrainingRun, stop: _StopFlag):
-        self.cfg, self.device, self.run, self.stop = cfg, device, run, stop
+    def __init__(self, cfg: Config, device: torch.device, run: tracking.TrainingRun, stop: _StopFlag,
+                 info: distributed.DistInfo = distributed.DistInfo()):
+        self.cfg, self.device, self.run, self.stop, self.dist = cfg, device, run, stop, info
         self.out_dir = Path(cfg.train.output_dir) / run.run_id
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, float]] = []  # one dict of epoch metrics per finished epoch
         self.manifest: list[dict[str, Any]] = []
         self.global_samples = 0
@@ -165,7 +184,10 @@ class Trainer:
         # Model, actor, optimizer, schedule (official recipe, epochs instead of 500).
         torch.manual_seed(cfg.seed)  # model init is a function of the seed alone
         self.model = build_seqtrack(cfg.model).to(device)
-        self.actor = SeqTrackActor(self.model, cfg.model.bins)
+        # DDP averages gradients across ranks; the actor calls the wrapper, everything else
+        # (validation, checkpoints, param groups) uses the plain model.
+        forward = DistributedDataParallel(self.model) if info.enabled else self.model
+        self.actor = SeqTrackActor(forward, cfg.model.bins)
         t = cfg.train
         self.optimizer = torch.optim.AdamW(
             self.model.param_groups(t.lr, t.encoder_lr_mult, t.weight_decay), lr=t.lr,
@@ -176,7 +198,8 @@ class Trainer:
 
         if resume is not None:
             self._restore(resume)
-        self._log_run_info(resume)
+        if info.is_main:
+            self._log_run_info(resume)
 
     # -- setup -----------------------------------------------------------------------------------
     def _restore(self, resume: "ResumeState") -> None:
@@ -225,9 +248,15 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg = self.cfg
-        self.progress = ProgressLog(self.out_dir / "training_log.txt")
         self.t_start = time.perf_counter() - self.elapsed_before
         self.logging_seconds = 0.0
+        if not self.dist.is_main:
+            for epoch in range(self.start_epoch, cfg.train.epochs + 1):
+                self._train_epoch(epoch)
+                self.scheduler.step()
+                distributed.barrier(self.dist)  # rank 0 validates and writes the checkpoint
+            return
+        self.progress = ProgressLog(self.out_dir / "training_log.txt")
         val_samples = self._validation_samples()
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
@@ -243,6 +272,7 @@ class Trainer:
                 log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f), %.1f s", epoch,
                          train_loss, val_iou, best, metrics["seconds"])
                 self._save_checkpoint(epoch)
+                distributed.barrier(self.dist)
         finally:
             self.progress.close()
             self.run.log_artifact(self.progress.path)
@@ -255,11 +285,15 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> float:
         cfg, device = self.cfg, self.device
         self.model.train()
-        loader = DataLoader(self._train_samples(epoch), batch_size=cfg.train.batch_size, shuffle=False,
+        samples = self._train_samples(epoch)
+        total = len(samples)  # global samples per epoch
+        world = self.dist.world
+        if self.dist.enabled:  # this rank's slice of every global batch
+            samples = Subset(samples, distributed.shard_indices(total, cfg.train.batch_size, self.dist))
+        loader = DataLoader(samples, batch_size=cfg.train.batch_size // world, shuffle=False,
                             num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
                             prefetch_factor=4 if cfg.train.workers else None,
                             worker_init_fn=_ignore_sigint_in_worker if cfg.train.workers else None)
-        total = len(loader.dataset)
         every = cfg.train.log_every
         done = 0
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -277,32 +311,48 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
-            n = batch["search"].shape[0]
+            n = batch["search"].shape[0] * world  # global samples in this step (equal shards)
             block.add(loss.detach(), n, stats["pred_tokens"], batch["box"])
             epoch_loss += loss.detach().double() * n
             done += n
             self.global_samples += n
-            if done // every > (done - n) // every or done == total:
+            block_end = done // every > (done - n) // every or done == total
+            if block_end:
                 now = time.perf_counter()
                 t_log = now
                 self._end_block(epoch, block, done, total, now - t_block, now - t_epoch)
                 block = _Block(device)
                 t_block = time.perf_counter()
                 self.logging_seconds += t_block - t_log
-            if self.stop.signum:
-                raise StopRequested(self.stop.signum, epoch, done)
-        return float(epoch_loss.item() / max(done, 1))
+            if self._stop_requested(block_end):
+                raise StopRequested(self.stop.signum or signal.SIGTERM, epoch, done)
+        distributed.all_reduce_sum(epoch_loss, self.dist)
+        return float(epoch_loss.item() / max(done, 1) / world)
+
+    def _stop_requested(self, at_block_end: bool) -> bool:
+        """One process: after every step. Several: all ranks agree at block ends (else they hang)."""
+        if not self.dist.enabled:
+            return bool(self.stop.signum)
+        if not at_block_end:
+            return False
+        flag = torch.tensor([float(self.stop.signum)], device=self.device)
+        return bool(distributed.all_reduce_sum(flag, self.dist).item())
 
     def _end_block(self, epoch: int, block: "_Block", done: int, total: int, block_s: float,
                    epoch_s: float) -> None:
         """One sync per block: check the loss, print the spec's lines, queue the metrics."""
-        losses = torch.stack(block.losses).float().cpu()
+        losses = torch.stack(block.losses).float()
+        if self.dist.enabled:  # every rank's mean loss over its equal shard -> the global mean
+            losses = distributed.all_reduce_sum(losses, self.dist) / self.dist.world
+        losses = losses.cpu()
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).nonzero()[0])
             first = done - block.count + sum(block.sizes[:bad]) + 1
             raise NonFiniteLoss(f"loss became {losses[bad].item()} at epoch {epoch}, samples "
                                 f"{first}-{first + block.sizes[bad] - 1}; the last good checkpoint "
                                 f"is kept in {self.ckpt_dir}")
+        if not self.dist.is_main:
+            return
         loss = float((losses * torch.tensor(block.sizes)).sum() / block.count)
         iou = block.mean_iou(self.cfg.model.bins)
         left = epoch_s / done * (total - done)
