@@ -115,3 +115,19 @@ def crop_image(image: np.ndarray, window: CropWindow) -> np.ndarray:
     out = img.transform((window.output_size, window.output_size), Image.Transform.EXTENT, box,
                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out)
+
+
+def clip_box(box_xywh: np.ndarray, height: int, width: int, margin: float = 0.0) -> np.ndarray:
+    """Keep a tracker's xywh box on the image, at least `margin` pixels wide and high.
+
+    The official tracker's `clip_box` (lib/utils/box_ops.py): corners clamped to the image, the
+    top-left kept `margin` pixels from the right/bottom edge, the size floored at `margin`
+    (SeqTrack tracks with margin=10, so a box never collapses to a point it cannot crop around).
+    """
+    x, y, w, h = (float(v) for v in box_xywh)
+    x2, y2 = x + w, y + h
+    x1 = min(max(0.0, x), width - margin)
+    x2 = min(max(margin, x2), float(width))
+    y1 = min(max(0.0, y), height - margin)
+    y2 = min(max(margin, y2), float(height))
+    return np.array([x1, y1, max(margin, x2 - x1), max(margin, y2 - y1)], dtype=np.float64)

@@ -1,0 +1,279 @@
+"""`python -m seqtrack_mlflow evaluate`: track the test sequences with a checkpoint, score them
+with the LaSOT metrics and log everything to MLflow.
+
+Which checkpoint:
+- `--run-id R --epoch best|last|N`: the artifact `checkpoints/epoch_N.ckpt` of training run R.
+  best = the epoch with the highest `epoch/val_iou` (the run's metric; if the run has none,
+  the `metrics` history stored in its last checkpoint); ties go to the earliest epoch.
+- `--checkpoint PATH`: a checkpoint file (its `epoch` is reported).
+- neither: the newest FINISHED training run (with checkpoints) of the Default experiment.
+The model is rebuilt from the checkpoint's own `config` (model section and the crop factors
+it was trained with); the data flags (`--data`, `--classes`, `--data-dir`) choose the test
+sequences, as for training; `--device` chooses where to run.
+
+Where results go:
+- local: `<train.output_dir>/evaluation/<key>/` with `results/{seq}.txt` + `{seq}_time.txt`
+  (LaSOT/pytracking format; finished sequences are not tracked again when the command is
+  repeated), `metrics.json`, `success_plot.png`, `precision_plot.png`,
+  `norm_precision_plot.png` and `<first test sequence>.gif`. key = `<run id>_epoch<N>_<data>`
+  or `ckpt-<sha256 prefix>_<data>`.
+- MLflow: a run nested under the training run (tag `mlflow.parentRunId`, same experiment;
+  standalone for a checkpoint file; the project's own run under `mlflow run -e evaluate`) with
+  metrics `eval/auc`, `eval/precision` (P@20 px), `eval/norm_precision` (Pnorm@0.2),
+  `eval/mean_iou`, `eval/fps` and the same per sequence as `eval/<seq>/<name>`, all at
+  step = the evaluated epoch, and that folder as artifacts under `evaluation/`.
+
+Metric conventions (see metrics.py): pytracking's LaSOT protocol, invisible frames count as
+failures; overall = mean of the per-sequence curves. FPS = frames / tracking seconds (frame
+decoding excluded), overall over all frames of all sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seqtrack_mlflow import tracking
+from seqtrack_mlflow.config import Config, ModelConfig
+from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
+from seqtrack_mlflow.track import metrics as M
+from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
+from seqtrack_mlflow.track.tracker import SeqTrackTracker, SequenceResult, TrackerConfig, run_sequence
+from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint, sha256_file
+
+log = logging.getLogger(__name__)
+
+VAL_IOU = "epoch/val_iou"  # the trainer's per-epoch validation metric (step = epoch)
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint an evaluation uses and why."""
+
+    path: Path
+    epoch: int
+    run_id: str = ""  # the training run, '' for a checkpoint file
+    reason: str = ""  # 'best epoch/val_iou=0.61', 'last', 'asked', 'file'
+
+
+def parse_epoch(spec: str) -> str | int:
+    spec = str(spec).strip().lower()
+    if spec in ("best", "last"):
+        return spec
+    if spec.isdigit() and int(spec) >= 1:
+        return int(spec)
+    raise ConfigError(f"--epoch {spec!r}: use a number >= 1, 'last' or 'best'")
+
+
+def best_epoch(points: list[tuple[int, float]], available: list[int]) -> tuple[int, float] | None:
+    """(epoch, value) of the highest value among epochs that have a checkpoint; earliest on ties."""
+    candidates = [(step, value) for step, value in points if step in available and np.isfinite(value)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p[1], -p[0]))
+
+
+def _history_points(state: dict[str, Any]) -> list[tuple[int, float]]:
+    """(epoch, val_iou) from a checkpoint's `metrics`: one dict per finished epoch, from epoch 1."""
+    history = state.get("metrics") or []
+    if not isinstance(history, list):
+        return []
+    return [(int(h.get("epoch", i + 1)), float(h["val_iou"])) for i, h in enumerate(history)
+            if isinstance(h, dict) and "val_iou" in h]
+
+
+def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path) -> CheckpointChoice:
+    """Resolve the flags to a local checkpoint file (downloaded into dest for a run)."""
+    if run_id and checkpoint:
+        raise ConfigError("give either --run-id or --checkpoint, not both")
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return CheckpointChoice(path, epoch=-1, reason="file")
+    spec = parse_epoch(epoch_spec)
+    run_id = run_id or tracking.latest_run_with_checkpoints()
+    epochs = tracking.checkpoint_epochs(run_id)  # TrackingError if the run does not exist
+    if not epochs:
+        raise TrackingError(f"run {run_id} has no checkpoints/epoch_N.ckpt artifacts")
+
+    def fetch(epoch: int) -> Path:
+        local = tracking.download_artifacts(run_id, f"checkpoints/{checkpoint_name(epoch)}", dest)
+        return local if local.is_file() else local / checkpoint_name(epoch)
+
+    if isinstance(spec, int):
+        if spec not in epochs:
+            raise TrackingError(f"run {run_id} has no checkpoint of epoch {spec} "
+                                f"(epochs with checkpoints: {', '.join(map(str, epochs))})")
+        return CheckpointChoice(fetch(spec), spec, run_id, "asked")
+    if spec == "last":
+        return CheckpointChoice(fetch(epochs[-1]), epochs[-1], run_id, "last")
+    best = best_epoch(tracking.metric_points(run_id, VAL_IOU), epochs)
+    if best is None:  # no metric in the run: the history saved in the last checkpoint
+        last_path = fetch(epochs[-1])
+        best = best_epoch(_history_points(load_checkpoint(last_path)), epochs)
+        if best is None:
+            raise TrackingError(f"run {run_id} has no {VAL_IOU} metric (and its last checkpoint "
+                                "no val_iou history) to pick the best epoch; pass --epoch N or last")
+    return CheckpointChoice(fetch(best[0]), best[0], run_id, f"best {VAL_IOU}={best[1]:.4f}")
+
+
+def model_from_checkpoint(state: dict[str, Any], path: Path, device: torch.device):
+    """Rebuild the SeqTrack of a checkpoint from its stored config; (model, ModelConfig, data dict)."""
+    from seqtrack_mlflow.model import build_seqtrack
+
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path} has no config.model section; cannot rebuild the model")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(config["model"]) - known)
+    if unknown:
+        log.warning("checkpoint %s: ignoring unknown model keys %s", path, unknown)
+    values = {k: v for k, v in config["model"].items() if k in known}
+    values["pretrained"] = ""  # the weights come from the checkpoint
+    try:
+        model_cfg = ModelConfig(**values)
+        model = build_seqtrack(model_cfg)
+        model.load_state_dict(state["model_state_dict"], strict=True)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path}: weights do not fit its model config: {first}") from None
+    return model.to(device).eval(), model_cfg, dict(config.get("data") or {})
+
+
+def resolve_device(name: str) -> torch.device:
+    from seqtrack_mlflow.train.trainer import resolve_device as _resolve
+
+    return _resolve(name)
+
+
+def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict[str, Any]:
+    """metrics.json content: per sequence and overall scores, and the overall curves."""
+    per_seq, curves = {}, {}
+    for res, seq in zip(results, sequences):
+        c = M.sequence_curves(res.boxes, seq.boxes, seq.visible)
+        curves[seq.name] = c
+        per_seq[seq.name] = {**c.scores(), "mean_iou": M.mean_iou(res.boxes, seq.boxes, seq.visible),
+                             "fps": res.fps, "frames": len(seq.boxes),
+                             "visible_frames": int(np.asarray(seq.visible).sum()),
+                             "skipped": res.skipped}
+    overall = M.average_curves(list(curves.values()))
+    frames = sum(len(r.times) for r in results)
+    seconds = float(sum(r.times.sum() for r in results))
+    summary = {**overall.scores(),
+               "mean_iou": float(np.mean([s["mean_iou"] for s in per_seq.values()])),
+               "fps": frames / seconds if seconds > 0 else float("inf"),
+               "frames": frames, "sequences": len(results)}
+    return {"overall": summary, "sequences": per_seq, "curves": curves, "overall_curves": overall}
+
+
+def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best") -> dict[str, Any]:
+    """Evaluate one checkpoint on the test sequences; returns the metrics.json content."""
+    device = resolve_device(cfg.train.device)
+    with tempfile.TemporaryDirectory(prefix="seqtrack-eval-") as tmp:
+        choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp))
+        state = load_checkpoint(choice.path)
+        model, model_cfg, trained_data = model_from_checkpoint(state, choice.path, device)
+        digest = sha256_file(choice.path)
+    ckpt_epoch = int(state.get("epoch", choice.epoch))
+    tcfg = TrackerConfig(
+        template_factor=float(trained_data.get("template_factor", cfg.data.template_factor)),
+        template_size=model_cfg.template_size,
+        search_factor=float(trained_data.get("search_factor", cfg.data.search_factor)),
+        search_size=model_cfg.search_size, num_templates=model_cfg.num_templates)
+    key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
+    key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
+    out = Path(cfg.train.output_dir) / "evaluation" / key
+    log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
+             choice.reason, device, out)
+
+    from seqtrack_mlflow.data.open import open_dataset
+
+    sequences = open_dataset(cfg.data).test
+    if not sequences:
+        raise DataError(f"no test sequences for classes {', '.join(cfg.data.classes)}")
+
+    tags = {"seqtrack.evaluated_run": choice.run_id, "seqtrack.epoch": ckpt_epoch,
+            "seqtrack.checkpoint_sha256": digest}
+    run_name = f"eval-epoch{ckpt_epoch}" if choice.run_id else f"eval-{choice.path.stem}"
+    with tracking.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
+        run.log_params({"checkpoint": (f"runs:/{choice.run_id}/checkpoints/{checkpoint_name(ckpt_epoch)}"
+                                       if choice.run_id else str(choice.path)),
+                        "epoch": ckpt_epoch, "epoch_choice": choice.reason,
+                        "data.source": cfg.data.source, "data.classes": ",".join(cfg.data.classes),
+                        "sequences": ",".join(s.name for s in sequences), "device": str(device),
+                        **{f"tracker.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
+        tracker = SeqTrackTracker(model, tcfg, device)
+        results = [run_sequence(tracker, seq, out / "results") for seq in sequences]
+        report = score_sequences(results, sequences)
+        write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences[0], results[0])
+        step = max(ckpt_epoch, 0)
+        metrics = {f"eval/{k}": v for k, v in report["overall"].items() if k in _LOGGED}
+        for name, s in report["sequences"].items():
+            metrics.update({f"eval/{name}/{k}": v for k, v in s.items() if k in _LOGGED})
+        run.log_metrics(metrics, step=step)
+        run.log_artifacts(out, "evaluation")
+        report["mlflow_run_id"] = run.run_id
+    return report
+
+
+_LOGGED = ("auc", "precision", "norm_precision", "mean_iou", "fps")
+
+
+def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, epoch: int,
+                  tcfg: TrackerConfig, gif_seq: Any, gif_result: SequenceResult) -> None:
+    """metrics.json, the three plots and the GIF of the first sequence."""
+    from seqtrack_mlflow.data.frames import read_frame
+
+    overall: M.Curves = report["overall_curves"]
+    doc = {
+        "checkpoint": {"run_id": choice.run_id, "epoch": epoch, "choice": choice.reason,
+                       "file": choice.path.name},
+        "tracker": dataclasses.asdict(tcfg),
+        "protocol": {
+            "success": "AUC = mean of the success rate (IoU > t) over t = 0:0.05:1",
+            "precision": "fraction of frames with centre error <= 20 px",
+            "norm_precision": "fraction of frames with centre error / gt (w, h) <= 0.2",
+            "invalid_frames": "invisible or zero-size gt: failures, kept in the denominator (pytracking)",
+            "overall": "mean of per-sequence curves (equal weight per sequence)",
+            "fps": "frames / tracking seconds, frame decoding excluded",
+        },
+        "overall": report["overall"],
+        "sequences": report["sequences"],
+        "curves": {"overlap_thresholds": overall.overlap_thresholds.tolist(),
+                   "center_thresholds": overall.center_thresholds.tolist(),
+                   "norm_thresholds": overall.norm_thresholds.tolist(),
+                   "success": overall.success.tolist(), "precision": overall.precision.tolist(),
+                   "norm_precision": overall.norm_precision.tolist()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
+    save_plots(out, overall, report["curves"])
+    write_tracking_gif(out / f"{gif_seq.name}.gif", lambda i: read_frame(gif_seq.frame_path(i)),
+                       gif_seq.boxes, gif_result.boxes, gif_seq.visible)
+
+
+def cli_evaluate(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.cli import config_from_args
+
+    cfg = config_from_args(args)
+    report = evaluate(cfg, run_id=args.run_id.strip(), checkpoint=args.checkpoint.strip(),
+                      epoch=args.epoch)
+    o = report["overall"]
+    for name, s in report["sequences"].items():
+        cached = "  (results read back)" if s["skipped"] else ""
+        print(f"{name:>16}: AUC {100 * s['auc']:5.1f}  P {100 * s['precision']:5.1f}  "
+              f"Pnorm {100 * s['norm_precision']:5.1f}  {s['fps']:7.1f} fps{cached}")
+    print(f"{'overall':>16}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
+          f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  "
+          f"({o['sequences']} sequences, {o['frames']} frames; MLflow run {report['mlflow_run_id']})")
+    return 0

@@ -1,0 +1,198 @@
+"""`evaluate` end to end on a tiny logged training run, plus the GIF and the epoch choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from seqtrack_mlflow import cli
+from seqtrack_mlflow.config import load_config
+from seqtrack_mlflow.data.lasot import LasotDataset
+from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.model import build_seqtrack
+from seqtrack_mlflow.track import metrics as M
+from seqtrack_mlflow.track.evaluate import _history_points, best_epoch, parse_epoch
+from seqtrack_mlflow.track.plots import gif_frame_indices, write_tracking_gif
+from seqtrack_mlflow.track.tracker import result_paths
+from seqtrack_mlflow.train.checkpoint import save_checkpoint
+
+TINY_MODEL = {"patch_size": 8, "template_size": 32, "search_size": 64, "num_templates": 2,
+              "embed_dim": 32, "depth": 1, "num_heads": 2, "bins": 64, "decoder_dim": 32,
+              "decoder_layers": 1, "decoder_heads": 2, "decoder_ffn": 64}
+VAL_IOU = {1: 0.2, 2: 0.5, 3: 0.4}  # best = epoch 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Batch-1 tracking of a tiny model is latency-bound: on shared CI cores one intra-op
+    thread is ~7x faster than two (measured: 245 vs 35 fps) and keeps this file quick."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sample_root() -> Path:
+    """The bundled sample tree in the session's cache (conftest sets SEQTRACK_CACHE)."""
+    return ensure_sample_data()
+
+
+def tiny_config():
+    overrides = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    return load_config(None, {**overrides, "data.template_factor": 2.0})
+
+
+@pytest.fixture
+def training_run(tmp_path) -> str:
+    """A FINISHED run with 3 epoch checkpoints of a random tiny model and epoch/val_iou."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_seqtrack(cfg.model)
+    history = []
+    with mlflow.start_run(run_name="train") as run:
+        for epoch, iou in VAL_IOU.items():
+            history.append({"train_loss": 1.0, "val_iou": iou})
+            state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": epoch,
+                     "seed": cfg.seed, "config": cfg.to_dict(), "metrics": list(history)}
+            path = save_checkpoint(tmp_path / "ckpt" / f"epoch_{epoch}.ckpt", state)
+            mlflow.log_artifact(str(path), "checkpoints")
+            mlflow.log_metric("epoch/val_iou", iou, step=epoch)
+    return run.info.run_id
+
+
+def run_cli(*argv, sample_root: Path, out: Path) -> int:
+    return cli.main(["evaluate", *argv, "--data-dir", str(sample_root), "--output-dir", str(out),
+                     "--device", "cpu"])
+
+
+def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    # one class (2 test sequences, 345 frames) keeps this test quick
+    assert run_cli("--run-id", training_run, "--classes", "airplane", sample_root=sample_root, out=out) == 0
+    client = MlflowClient()
+    parent = client.get_run(training_run)
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{training_run}'")
+    assert len(children) == 1
+    child = children[0]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["seqtrack.kind"] == "evaluation"
+    assert child.data.params["epoch"] == "2" and "best" in child.data.params["epoch_choice"]
+    for key in ("eval/auc", "eval/precision", "eval/norm_precision", "eval/mean_iou", "eval/fps"):
+        [point] = client.get_metric_history(child.info.run_id, key)
+        assert point.step == 2 and np.isfinite(point.value)
+    assert client.get_metric_history(child.info.run_id, "eval/airplane-1/auc")
+
+    def listing(path):
+        return {Path(a.path).name for a in client.list_artifacts(child.info.run_id, path)}
+    top = listing("evaluation")
+    assert {"metrics.json", "success_plot.png", "precision_plot.png", "norm_precision_plot.png",
+            "airplane-1.gif", "results"} <= top
+    test_names = [s.name for s in LasotDataset(sample_root, ("airplane",)).test]
+    assert listing("evaluation/results") == {f"{n}{s}.txt" for n in test_names for s in ("", "_time")}
+
+    # metrics.json agrees with the result files scored again from scratch
+    folder = next((out / "evaluation").iterdir())
+    doc = json.loads((folder / "metrics.json").read_text())
+    seqs = LasotDataset(sample_root, ("airplane",)).test
+    curves = []
+    for seq in seqs:
+        box_path, _ = result_paths(folder / "results", seq.name)
+        pred = np.loadtxt(box_path, delimiter=",")
+        c = M.sequence_curves(pred, seq.boxes, seq.visible)
+        curves.append(c)
+        assert doc["sequences"][seq.name]["auc"] == pytest.approx(c.auc, abs=1e-9)
+        assert doc["sequences"][seq.name]["skipped"] is False
+    assert doc["overall"]["auc"] == pytest.approx(M.average_curves(curves).auc, abs=1e-9)
+    assert doc["overall"]["frames"] == sum(len(s) for s in seqs) and doc["overall"]["fps"] > 0
+    [auc] = client.get_metric_history(child.info.run_id, "eval/auc")
+    assert auc.value == pytest.approx(doc["overall"]["auc"])
+    with Image.open(folder / "airplane-1.gif") as gif:
+        assert gif.n_frames == len(gif_frame_indices(len(seqs[0]), 40))
+    assert "overall: AUC" in capsys.readouterr().out
+
+    # a second evaluation of the same checkpoint reuses the finished result files
+    assert run_cli("--run-id", training_run, "--epoch", "2", "--classes", "airplane",
+                   sample_root=sample_root, out=out) == 0
+    doc2 = json.loads((folder / "metrics.json").read_text())
+    assert all(s["skipped"] for s in doc2["sequences"].values())
+    assert doc2["overall"]["auc"] == doc["overall"]["auc"]
+
+
+def test_evaluate_checkpoint_file_is_a_standalone_run(training_run, sample_root, tmp_path):
+    path = mlflow.artifacts.download_artifacts(run_id=training_run, artifact_path="checkpoints/epoch_3.ckpt",
+                                               dst_path=str(tmp_path / "dl"))
+    assert run_cli("--checkpoint", path, "--classes", "bicycle", sample_root=sample_root,
+                   out=tmp_path / "out") == 0
+    runs = MlflowClient().search_runs([MlflowClient().get_run(training_run).info.experiment_id],
+                                      filter_string="tags.`seqtrack.kind` = 'evaluation'")
+    assert len(runs) == 1 and "mlflow.parentRunId" not in runs[0].data.tags
+    assert runs[0].data.params["epoch"] == "3"
+    assert runs[0].data.params["sequences"] == "bicycle-2,bicycle-7"
+
+
+BAD_INPUT = [  # one run for all cases: each fresh tracking store costs seconds
+    (["--run-id", "0123456789abcdef0123456789abcdef"], "no MLflow run"),
+    (["--run-id", "{run}", "--epoch", "7"], "no checkpoint of epoch 7 (epochs with checkpoints: 1, 2, 3)"),
+    (["--run-id", "{run}", "--epoch", "soon"], "--epoch 'soon'"),
+    (["--checkpoint", "/nonexistent/epoch_1.ckpt"], "does not exist"),
+    (["--checkpoint", "{bad}"], "bad.ckpt"),
+    (["--run-id", "{run}", "--checkpoint", "x.ckpt"], "either --run-id or --checkpoint"),
+]
+
+
+def test_bad_input_is_one_line_and_exit_2(training_run, sample_root, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    for argv, message in BAD_INPUT:
+        argv = [a.replace("{run}", training_run).replace("{bad}", str(bad)) for a in argv]
+        assert run_cli(*argv, sample_root=sample_root, out=tmp_path / "out") == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
+    assert not (tmp_path / "out").exists()  # nothing tracked
+
+
+def test_best_epoch_choice():
+    assert parse_epoch("best") == "best" and parse_epoch(" LAST ") == "last" and parse_epoch("3") == 3
+    points = [(1, 0.2), (2, 0.5), (3, 0.5), (4, 0.9)]
+    assert best_epoch(points, [1, 2, 3]) == (2, 0.5)  # epoch 4 has no checkpoint; ties -> earliest
+    assert best_epoch([(1, float("nan"))], [1]) is None
+    assert best_epoch([], [1]) is None
+    # fallback when the run has no epoch/val_iou metric: the last checkpoint's history
+    state = {"metrics": [{"train_loss": 1.0, "val_iou": 0.1}, {"train_loss": 0.9, "val_iou": 0.3}]}
+    assert _history_points(state) == [(1, 0.1), (2, 0.3)]
+    assert best_epoch(_history_points(state), [1, 2]) == (2, 0.3)
+    assert _history_points({"metrics": None}) == []
+
+
+def test_gif_has_the_subsampled_frames(tmp_path):
+    n = 23
+    gt = np.tile([60.0, 40.0, 20.0, 15.0], (n, 1)) + np.arange(n)[:, None] * [2, 1, 0, 0]
+    pred = gt + 3
+    visible = np.ones(n, bool)
+    visible[5] = False
+    frames = {}
+
+    def frame_at(i):
+        frames[i] = True
+        return np.full((120, 400, 3), 40, np.uint8)
+
+    count = write_tracking_gif(tmp_path / "s.gif", frame_at, gt, pred, visible, max_frames=10, max_side=200)
+    assert gif_frame_indices(n, 10) == list(range(0, 23, 3)) and count == 8
+    assert sorted(frames) == list(range(0, 23, 3))  # only the kept frames were decoded
+    with Image.open(tmp_path / "s.gif") as gif:
+        assert gif.n_frames == 8 and gif.size == (200, 60)
+        gif.seek(1)  # frame 3: gt (green) and prediction (red) drawn at half scale
+        rgb = np.asarray(gif.convert("RGB"))
+    x, y = (gt[3, :2] * 0.5).astype(int)
+    assert rgb[y, x, 1] > 150 and rgb[y, x, 0] < 100
+    px, py = (pred[3, :2] * 0.5 + 0.5).astype(int)
+    assert rgb[py, px, 0] > 150 and rgb[py, px, 1] < 100
