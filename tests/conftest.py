@@ -43,6 +43,17 @@ def tracking_uri(tmp_path_factory, monkeypatch, empty_tracking_db) -> str:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("HF_HOME", str(root / "hf_home"))
+    reset_active_experiment(monkeypatch)
     # One sample-data cache per test session: generated once, shared by every test.
     monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
     return uri
+
+
+def reset_active_experiment(monkeypatch) -> None:
+    """`mlflow.set_experiment` (e.g. in test_mirror) leaves the experiment active for the rest
+    of the session, in a global and in MLFLOW_EXPERIMENT_ID; a later test with a fresh store
+    would then fail with "No Experiment with id=N exists"."""
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)

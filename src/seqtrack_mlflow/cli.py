@@ -1,8 +1,9 @@
 """Command line: `python -m seqtrack_mlflow <command> ...` (the MLproject entry points call it).
 
 Each command parses its flags here and hands them to the module that does the work. A
-`SeqTrackError` (bad parameter, bad file, missing token, ...) is printed as one line on stderr
-with exit code 2; anything else is a bug and keeps its traceback.
+`SeqTrackError` (bad parameter, bad file, missing token, ...) or an `OSError` (disk full,
+read-only folder) is printed as one line on stderr with exit code 2; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from typing import Any, Callable
 
 from seqtrack_mlflow.config import Config, load_config
-from seqtrack_mlflow.errors import NotImplementedYet, SeqTrackError
+from seqtrack_mlflow.errors import NotImplementedYet, SeqTrackError, describe_os_error
 
 log = logging.getLogger("seqtrack_mlflow")
 
@@ -166,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SeqTrackError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only or missing folder: the environment, not a bug
+        if args.verbose:
+            raise
+        print(f"error: {describe_os_error(exc)} (add -v for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

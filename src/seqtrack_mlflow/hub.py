@@ -28,6 +28,7 @@ from huggingface_hub import get_token as _hf_get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,  # RemoteEntryNotFoundError and its local twin
     HfHubHTTPError,
+    LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -132,6 +133,13 @@ def _hub_errors(action: str, token: str | None, endpoint: str | None) -> Iterato
                               f"repo id and that your token can see it", token)) from None
     except RevisionNotFoundError:
         raise HubError(_scrub(f"{action}: revision not found on {where}", token)) from None
+    except LocalEntryNotFoundError as exc:
+        # The client could not reach the Hub (offline, connection refused, HF_HUB_OFFLINE=1)
+        # and has no cached copy: that is not "file not found", say what it is.
+        cause = exc.__cause__ or exc
+        raise HubError(_scrub(f"{action}: could not reach {where} ({type(cause).__name__}: "
+                              f"{_first_line(cause)}) and the file is not in the local cache; check "
+                              f"the network, HF_HUB_OFFLINE and SEQTRACK_HF_ENDPOINT", token)) from None
     except EntryNotFoundError:
         raise RemoteFileMissing(_scrub(f"{action}: file not found on {where}", token)) from None
     except HfHubHTTPError as exc:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import mlflow
 from mlflow.entities import Metric, RunStatus, RunTag
@@ -46,9 +46,10 @@ class TrainingRun:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "TrainingRun":
-        if self.experiment:
-            mlflow.set_experiment(self.experiment)
-        run = mlflow.start_run(run_name=self.run_name)
+        with tracking_errors("starting a run"):
+            if self.experiment:
+                mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=self.run_name)
         self.run_id = run.info.run_id
         return self
 
@@ -57,13 +58,22 @@ class TrainingRun:
         return mlflow.get_artifact_uri()
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """Flush metrics, record the error (if any) as a tag, close the run with `status`."""
+        """Flush metrics, record the error (if any) as a tag, close the run with `status`.
+
+        Closing a failed or killed run never hides the error that ended it: if the store cannot
+        be reached then, a warning says so (the run may stay RUNNING there)."""
         try:
-            self.flush(wait=True)
-            if error:
-                self.client.set_tag(self.run_id, "seqtrack.error", error[:5000])
-        finally:
-            mlflow.end_run(status=status)
+            with tracking_errors(f"closing run {self.run_id} as {status}"):
+                try:
+                    self.flush(wait=True)
+                    if error:
+                        self.client.set_tag(self.run_id, "seqtrack.error", error[:5000])
+                finally:
+                    mlflow.end_run(status=status)
+        except TrackingError as exc:
+            if status == "FINISHED":
+                raise
+            log.warning("%s; the run may still show as RUNNING there", exc)
 
     # -- params, tags, inputs ----------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -91,17 +101,20 @@ class TrainingRun:
             self._pending.append(self.client.log_batch(self.run_id, metrics=chunk, synchronous=False))
         self._last_flush = time.monotonic()
         if wait:
-            for operation in self._pending:
-                if operation is not None:
-                    operation.wait()
-            self._pending.clear()
+            pending, self._pending = self._pending, []
+            with tracking_errors("logging metrics"):
+                for operation in pending:
+                    if operation is not None:
+                        operation.wait()
 
     # -- artifacts ---------------------------------------------------------------------------
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        with tracking_errors(f"logging artifact {Path(path).name} (the local copy {path} is kept)"):
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
+        with tracking_errors(f"logging artifact {artifact_file}"):
+            mlflow.log_text(text, artifact_file)
 
     def metric_history(self, run_id: str, key: str) -> list[Metric]:
         return self.client.get_metric_history(run_id, key)
@@ -113,6 +126,19 @@ class TrainingRun:
         for i in range(0, len(points), 1000):
             self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
         return len(points)
+
+
+@contextlib.contextmanager
+def tracking_errors(action: str) -> Iterator[None]:
+    """A tracking store that cannot be reached (server down, network) or refuses a write: one
+    TrackingError line naming the store and what was being done, instead of a traceback."""
+    try:
+        yield
+    except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        raise TrackingError(f"MLflow tracking at {mlflow.get_tracking_uri()} failed while {action}: "
+                            f"{text}") from exc
 
 
 def _param_value(value: Any) -> str:

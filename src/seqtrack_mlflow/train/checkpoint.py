@@ -10,7 +10,9 @@ Keys (the spec's four first):
 
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the target:
 a crash leaves either the complete old file, the complete new one, or no file, never a torn
-one (POSIX rename is atomic within a file system).
+one (POSIX rename is atomic within a file system). A kill -9 may leave the temporary
+`.epoch_N.ckpt.XXXX.tmp` behind: nothing reads such names, and resume removes them. A failed
+write (disk full, read-only folder) raises StorageError naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from seqtrack_mlflow.errors import CheckpointError
+from seqtrack_mlflow.errors import CheckpointError, StorageError, describe_os_error
 
 CHECKPOINT_FORMAT = "seqtrack-mlflow/1"
 REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "epoch", "seed")
@@ -38,16 +40,25 @@ def checkpoint_name(epoch: int) -> str:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write `state` to `path` (temp file + fsync + rename + fsync of the folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError(f"checkpoint not saved: {describe_os_error(exc, path=path)}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        # torch.save reports a failed write (e.g. ENOSPC) as a RuntimeError whose context is
+        # the OSError: name the file and the system's reason in one line.
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(cause, OSError) and isinstance(exc, (OSError, RuntimeError)):
+            raise StorageError(f"checkpoint not saved: {describe_os_error(cause, path=path)}; "
+                               f"earlier checkpoints are untouched") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -55,6 +66,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete what a killed `save_checkpoint` (or manifest write) left in folder: temporary
+    `.epoch_N.ckpt.XXXX.tmp` / `manifest.json.tmp` files, never complete checkpoints. Call
+    it only when no process is writing there (resume does, for the run it takes over)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and (
+        (p.name.startswith(".epoch_") and p.name.endswith(".tmp")) or p.name == "manifest.json.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

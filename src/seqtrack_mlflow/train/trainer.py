@@ -44,7 +44,7 @@ from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
 from seqtrack_mlflow.train import distributed, report
 from seqtrack_mlflow.train.actor import SeqTrackActor
 from seqtrack_mlflow.train.checkpoint import (CHECKPOINT_FORMAT, checkpoint_name, load_checkpoint,
-                                              save_checkpoint, sha256_file)
+                                              remove_stale_temp_files, save_checkpoint, sha256_file)
 from seqtrack_mlflow.train.determinism import rng_state, seed_everything, set_rng_state
 from seqtrack_mlflow.train.progress import ProgressLog, format_block
 
@@ -152,12 +152,20 @@ def run_training(cfg: Config) -> int:
         raise
     except BaseException as exc:
         log.error("training failed: %s: %s", type(exc).__name__, exc)
+        _report_checkpoints(Path(cfg.train.output_dir) / run.run_id / "checkpoints")
         run.end("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         distributed.shutdown(info)
     run.end("FINISHED")
     return 0
+
+
+def _report_checkpoints(folder: Path) -> None:
+    """After a failure: where the complete checkpoints are and how to continue from them."""
+    done = sorted(folder.glob("epoch_*.ckpt"), key=lambda p: int(p.stem[6:])) if folder.is_dir() else []
+    if done:
+        log.error("complete checkpoints are kept in %s; continue with --resume %s", folder, done[-1])
 
 
 class Trainer:
@@ -189,9 +197,11 @@ class Trainer:
         forward = DistributedDataParallel(self.model) if info.enabled else self.model
         self.actor = SeqTrackActor(forward, cfg.model.bins)
         t = cfg.train
+        # fused: one kernel for all parameters, same AdamW math (last-bit differences only);
+        # torch's CPU default is a Python loop per tensor, ~1.2 s/step for B256 (benchmarks/speed.py).
         self.optimizer = torch.optim.AdamW(
             self.model.param_groups(t.lr, t.encoder_lr_mult, t.weight_decay), lr=t.lr,
-            weight_decay=t.weight_decay)
+            weight_decay=t.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_drop_epoch,
                                                          gamma=t.lr_drop_factor)
         self.scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
@@ -409,6 +419,9 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler_state_dict"] = self.scaler.state_dict()
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(epoch), state)
+        # Every metric up to this checkpoint reaches the store before its artifact does: after a
+        # kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered.
+        self.run.flush(wait=True)
         self._add_to_manifest(path, epoch)
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, path.stat().st_size / 1e6, time.perf_counter() - t0)
 
@@ -510,19 +523,32 @@ def load_resume_state(cfg: Config) -> ResumeState:
     if path.is_file():
         state = load_checkpoint(path)
         source_run = state.get("run_id")
+        _remove_stale_temp_files(path.parent)
     elif path.suffix == ".ckpt" or os.sep in spec:
         raise CheckpointError(f"resume: checkpoint {spec} does not exist")
     else:
-        tracking.find_run(spec)
+        old_outputs = tracking.find_run(spec).data.tags.get("seqtrack.output_dir", "")
         folder = Path(tempfile.mkdtemp(prefix="seqtrack-resume-"))
         path = tracking.latest_checkpoint(spec, folder)
         state = load_checkpoint(path)
         source_run = spec
+        if old_outputs and Path(old_outputs).is_dir():  # the run's own folder, on this machine
+            _remove_stale_temp_files(Path(old_outputs) / "checkpoints")
+            # Killed by SIGKILL, it never logged its training log: take it from its folder.
+            local_log = Path(old_outputs) / "training_log.txt"
+            if local_log.is_file() and not (folder / "training_log.txt").is_file():
+                shutil.copy2(local_log, folder / "training_log.txt")
     check_resume_config(cfg, state, spec)
     if int(state["epoch"]) >= cfg.train.epochs:
         raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
                           f"epoch {state['epoch']}, ask for more epochs to continue")
     return ResumeState(state, path, source_run)
+
+
+def _remove_stale_temp_files(ckpt_dir: Path) -> None:
+    """Temp files of a checkpoint write that a kill -9 interrupted, in the run resumed from."""
+    for stale in remove_stale_temp_files(ckpt_dir):
+        log.info("removed %s, left by an interrupted checkpoint write", stale)
 
 
 def check_resume_config(cfg: Config, state: dict[str, Any], spec: str) -> None:
