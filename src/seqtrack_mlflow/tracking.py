@@ -172,14 +172,6 @@ def latest_finished_run(experiment: str | None = None):
     return runs[0]
 
 
-def mark_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
-    """Set tags on and terminate another run (e.g. a killed run that a resume takes over)."""
-    client = MlflowClient()
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
-    client.set_terminated(run_id, status=status)
-
-
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
