@@ -65,7 +65,8 @@ def boxes_to_sequences(box_cxcywh: torch.Tensor, bins: int) -> tuple[torch.Tenso
     """
     assert box_cxcywh.ndim == 2 and box_cxcywh.shape[1] == 4, \
         f"want boxes (B, 4), got {tuple(box_cxcywh.shape)}"
-    assert torch.isfinite(box_cxcywh).all(), "boxes must be finite"
+    # Checked on the device: a Python assert on a tensor would sync the host every step on CUDA.
+    torch._assert_async(torch.isfinite(box_cxcywh).all(), "boxes must be finite")
     box = box_cxcywh.float()
     cx, cy, w, h = box.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0.0, 1.0)  # (B, 4)
