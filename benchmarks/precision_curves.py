@@ -4,8 +4,10 @@
                                           [--out benchmarks/results/precision_curves.png]
 
 Trains configs/default.yaml twice through the real entry point (`python -m seqtrack_mlflow
-train`), once per precision, with samples per epoch reduced so both runs fit in ~5 minutes on
-2 CPU cores (the full 2000 also works). Runs go to a temporary MLflow store, not ./mlflow.db.
+train`), once per precision, with samples per epoch reduced (320 instead of 2000; the full
+2000 also works). Measured on 2 CPU cores shared with other jobs: ~8 minutes per run, so ~16
+minutes in all (an idle machine is about twice as fast). Runs go to a temporary MLflow store,
+not ./mlflow.db.
 Prints the per-epoch train loss and validation IoU of both runs with their relative gap, and
 saves one PNG: per-block train loss, per-epoch train loss, per-epoch validation IoU.
 Wall times are printed for information only: the runs are sequential, so for speed use
