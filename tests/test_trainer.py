@@ -74,7 +74,7 @@ def test_a_run_holds_params_metrics_artifacts_and_the_spec_log(tmp_path):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["seed"] == "8" and params["train.epochs"] == "3" and params["device"] == "cpu"
+    assert params["seed"] == "8" and params["train.epochs"] == "3" and params["resolved_device"] == "cpu"
     assert params["train.batch_size"] == "8" and params["data.classes"] == "airplane,bicycle"
     assert any(k.startswith("dataset.airplane.") for k in params)
     assert run.data.tags["seqtrack.device"] == "cpu" and run.data.tags["seqtrack.torch_version"]

@@ -214,8 +214,11 @@ class SeqTrack(nn.Module):
         use_cache=True reuses keys/values of earlier steps and the memory's projections;
         use_cache=False recomputes the whole prefix every step, as the official code does.
         """
-        was_training = self.training
-        self.eval()
+        # Eval mode for the call, each module's own mode restored after: flipping the flags
+        # directly (eval() + train() cost ~0.5 ms a call, 17% of a cached default decode).
+        training = [m for m in self.modules() if m.training]
+        for m in training:
+            m.training = False
         try:
             memory = self.encode(templates, search)  # (B, Nx, D)
             B = memory.shape[0]
@@ -238,7 +241,8 @@ class SeqTrack(nn.Module):
                 confidence.append(conf)
             return seq[:, 1:], torch.stack(confidence, 1)  # (B, 4), (B, 4)
         finally:
-            self.train(was_training)
+            for m in training:
+                m.training = True
 
     # -- bookkeeping --------------------------------------------------------------------------
 

@@ -229,7 +229,9 @@ class Trainer:
 
     def _log_run_info(self, resume: "ResumeState | None") -> None:
         cfg, run = self.cfg, self.run
-        run.log_params({**cfg.flat(), "device": str(self.device)})
+        # `mlflow run` already logged its -P values (device=auto, ...); the resolved device gets
+        # its own name because MLflow params cannot change.
+        run.log_params({**cfg.flat(), "resolved_device": str(self.device)})
         run.set_tags({
             "seqtrack.git_commit": git_commit(),
             "seqtrack.device": str(self.device),
