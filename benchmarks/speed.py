@@ -1,7 +1,7 @@
 """Training, data, inference and matmul speed on this machine, all measured side by side.
 
-    python benchmarks/speed.py            # ~5 minutes on 2 CPU cores
-    python benchmarks/speed.py --quick    # fewer rounds, smaller matmul, ~3 minutes
+    python benchmarks/speed.py            # 2.5 min on 2 idle CPU cores, up to ~12 min when shared
+    python benchmarks/speed.py --quick    # 3 rounds, smaller matmul
     python benchmarks/speed.py --no-compile
 
 Every comparison runs in ONE process, interleaved (A, B, B, A, A, B, ...), and is reported as a
@@ -29,16 +29,24 @@ benchmarks/data_pipeline.py has the data pipeline's design measurements (decoder
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 from pathlib import Path
 
-import torch
+# A fresh inductor cache, so the torch.compile figure is a true cold compile (set before torch).
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="speed-inductor-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -153,7 +161,9 @@ def adamw_steps(cfg: Config) -> dict[str, Callable[[], Timing]]:
             p.grad = torch.randn_like(p) * 1e-3
         opt = make_optimizer(model, cfg, fused=fused)
         opt.step()  # allocate the state
-        fns["fused" if fused else "for-loop"] = lambda opt=opt: timed(opt.step)
+        # best of 5 per round: a single update is short, so one load spike would swamp it
+        fns["fused" if fused else "for-loop"] = lambda opt=opt: min((timed(opt.step) for _ in range(5)),
+                                                                    key=lambda t: t.wall)
     return fns
 
 
