@@ -49,11 +49,22 @@ def tracking_uri(tmp_path_factory, monkeypatch, empty_tracking_db) -> str:
     return uri
 
 
+@pytest.fixture(autouse=True)
+def forget_experiment_env():
+    """Kept apart from `tracking_uri`, which some test files override: whatever experiment a
+    test made active (mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID) stays with it."""
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 def reset_active_experiment(monkeypatch) -> None:
     """`mlflow.set_experiment` (e.g. in test_mirror) leaves the experiment active for the rest
     of the session, in a global and in MLFLOW_EXPERIMENT_ID; a later test with a fresh store
     would then fail with "No Experiment with id=N exists"."""
     import mlflow.tracking.fluent as fluent
 
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    # Popped, not monkeypatched: monkeypatch would put a leaked value back after the test,
+    # where a module-scoped fixture of the next file could hand it to a child process.
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     monkeypatch.setattr(fluent, "_active_experiment_id", None)
