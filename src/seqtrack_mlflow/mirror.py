@@ -133,11 +133,10 @@ def _resolve_run(run_id: str, experiment: str):
 
 def epoch_rows(run_id: str) -> list[EpochRow]:
     """Per-epoch metrics of the run (step = epoch), one row per epoch seen in any of them."""
-    reader = tracking.TrainingRun()  # only its metric_history(run_id, key) is used: no run is started
     values: dict[int, dict[str, float]] = {}
     for column, key in EPOCH_METRICS.items():
-        for metric in reader.metric_history(run_id, key):
-            values.setdefault(int(metric.step), {})[column] = float(metric.value)
+        for step, value in tracking.metric_points(run_id, key):
+            values.setdefault(int(step), {})[column] = float(value)
     return [EpochRow(epoch=e, **values[e]) for e in sorted(values)]
 
 

@@ -53,10 +53,6 @@ class TrainingRun:
         self.run_id = run.info.run_id
         return self
 
-    @property
-    def artifact_uri(self) -> str:
-        return mlflow.get_artifact_uri()
-
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
         """Flush metrics, record the error (if any) as a tag, close the run with `status`.
 
@@ -111,13 +107,6 @@ class TrainingRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with tracking_errors(f"logging artifact {Path(path).name} (the local copy {path} is kept)"):
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        with tracking_errors(f"logging artifact {artifact_file}"):
-            mlflow.log_text(text, artifact_file)
-
-    def metric_history(self, run_id: str, key: str) -> list[Metric]:
-        return self.client.get_metric_history(run_id, key)
 
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
         """Copy metric points with step <= max_step from another run (used on resume)."""
@@ -220,8 +209,7 @@ def mlflow_version() -> str:
 
 def latest_checkpoint(run_id: str, folder: Path) -> Path:
     """Download a run's checkpoints (and its training log) into folder; newest epoch's path."""
-    names = [Path(a.path).name for a in MlflowClient().list_artifacts(run_id, "checkpoints")]
-    epochs = sorted(int(n[6:-5]) for n in names if n.startswith("epoch_") and n.endswith(".ckpt"))
+    epochs = checkpoint_epochs(run_id)
     if not epochs:
         raise TrackingError(f"run {run_id} has no checkpoints/epoch_N.ckpt artifact to resume from")
     download_artifacts(run_id, "checkpoints", folder)

@@ -451,8 +451,7 @@ class Trainer:
 
     def run_metric_history(self) -> dict[str, list[tuple[int, float]]]:
         self.run.flush(wait=True)
-        return {key: [(m.step, m.value) for m in self.run.metric_history(self.run.run_id, key)]
-                for key in ("train/loss", "train/iou")}
+        return {key: tracking.metric_points(self.run.run_id, key) for key in ("train/loss", "train/iou")}
 
 
 class _Block:
