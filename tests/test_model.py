@@ -216,6 +216,25 @@ def test_sdpa_attention_equals_plain_attention():
     torch.testing.assert_close(attn(x), plain, rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_cpu_attention_is_the_official_formula_under_autocast():
+    """bf16 on the CPU takes the written-out path: bit-equal to the official vit.py lines run
+    under bf16 autocast, within bf16 rounding of fp32, and gradients flow."""
+    torch.manual_seed(0)
+    attn = Attention(64, 2)
+    x = torch.randn(2, 40, 64, requires_grad=True)
+    B, N, C = x.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x)
+        q, k, v = attn.qkv(x).reshape(B, N, 3, 2, C // 2).permute(2, 0, 3, 1, 4)
+        official = (q @ k.transpose(-2, -1)) * (C // 2) ** -0.5  # official vit.py Attention
+        official = attn.proj((official.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, N, C))
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, official)
+    torch.testing.assert_close(y.float(), attn(x), rtol=0.05, atol=0.02)
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 # --- bookkeeping ----------------------------------------------------------------------------
 
 
