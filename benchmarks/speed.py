@@ -18,6 +18,9 @@ What is measured:
   autocast (trainer.autocast); plus the AdamW step alone, torch's for-loop vs fused kernel;
 - data: TrainSamples.__getitem__ alone (decode + crops + transforms, one process), and its
   share of a step if loaded in the training process;
+- attention alone: the encoder's self-attention, forward + backward, at each preset's shape:
+  PyTorch's scaled_dot_product_attention (its CPU flash kernel) vs the official formula
+  written out (vit.py uses SDPA at fp32 and the written-out form for bf16 on the CPU);
 - inference: model.predict at batch 1 with and without the decoder's key/value cache (whole
   frame and decode only), and that both give identical tokens;
 - torch.compile of the default preset: cold compile seconds, warm step speedup, and whether
@@ -167,6 +170,30 @@ def adamw_steps(cfg: Config) -> dict[str, Callable[[], Timing]]:
     return fns
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as the official vit.py writes it."""
+    return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
+
+
+def attention_fns(cfg: Config, batch: int) -> dict[str, Callable[[], Timing]]:
+    """Encoder self-attention alone (forward + backward) at the preset's shape, SDPA vs written out."""
+    m = cfg.model
+    tokens = (m.search_size // m.patch_size) ** 2 + m.num_templates * (m.template_size // m.patch_size) ** 2
+    shape = (batch, m.num_heads, tokens, m.embed_dim // m.num_heads)
+    torch.manual_seed(0)
+    fns = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+        grad = torch.randn(shape, dtype=dtype)
+        for impl, attend in (("sdpa", torch.nn.functional.scaled_dot_product_attention),
+                             ("explicit", explicit_attention)):
+            fns[f"{precision}/{impl}"] = (lambda attend=attend, q=q, k=k, v=v, grad=grad:
+                                          timed(lambda: attend(q, k, v).backward(grad)))
+    for f in fns.values():
+        f()  # warm-up
+    return fns
+
+
 def matmul(n: int, dtype: torch.dtype) -> Callable[[], Timing]:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.matmul(a, b)  # warm-up
@@ -264,6 +291,7 @@ def main() -> None:
           f"bf16 {peak['bf16']:.0f} GFLOP/s (bf16/fp32 x{peak['bf16'] / peak['fp32']:.2f}); "
           f"load-free estimate fp32 {peak_free['fp32']:.0f}, bf16 {peak_free['bf16']:.0f}\n")
     opt_t = {name: interleave(adamw_steps(cfg), rounds) for name, (cfg, _) in presets.items()}
+    attn_t = {name: interleave(attention_fns(cfg, bsz), rounds) for name, (cfg, bsz) in presets.items()}
 
     rows = []
     per_sample, per_sample_free = {}, {}
@@ -295,6 +323,16 @@ def main() -> None:
         print(f"{name}: AdamW step alone {loop * 1e3:.1f} ms for-loop vs {fused * 1e3:.1f} ms fused "
               f"(x{loop / fused:.1f}; {(loop - fused) / per_sample[(name, 'fp32')] / presets[name][1]:.0%}"
               f" of an fp32 step)")
+    rows = []
+    for name, ts in attn_t.items():
+        for precision in ("fp32", "bf16"):
+            sdpa, explicit = best(ts[f"{precision}/sdpa"]), best(ts[f"{precision}/explicit"])
+            used = "explicit" if precision == "bf16" else "sdpa"
+            rows.append([name, precision, f"{sdpa * 1e3:.1f}", f"{explicit * 1e3:.1f}",
+                         f"x{sdpa / explicit:.2f}", used])
+    print("\nencoder self-attention alone, forward + backward, one layer at the preset's batch and tokens")
+    print(table(rows, ["preset", "precision", "SDPA ms", "written out ms", "written out speed",
+                       "vit.py uses"]))
     print()
     rows = []
     for name in presets:

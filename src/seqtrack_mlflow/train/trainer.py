@@ -380,16 +380,7 @@ class Trainer:
         """Mean IoU of greedy autoregressive boxes (Hanning window on) on held-out samples."""
         if samples is None or len(samples) == 0:
             return float("nan")
-        self.model.eval()
-        ious = []
-        loader = DataLoader(samples, batch_size=self.cfg.train.batch_size, shuffle=False, num_workers=0)
-        for batch in loader:
-            templates = [t.to(self.device) for t in batch["templates"].unbind(1)]
-            with autocast(self.device, self.cfg.train.precision):
-                tokens, _ = self.model.predict(templates, batch["search"].to(self.device), window=True)
-            pred = cxcywh_to_xywh(tokens_to_boxes(tokens, self.cfg.model.bins).float().cpu().numpy())
-            ious.append(iou_xywh(pred, cxcywh_to_xywh(batch["box"].numpy())))
-        return float(np.concatenate(ious).mean())
+        return float(validation_ious(self.model, samples, self.cfg, self.device).mean())
 
     def _train_samples(self, epoch: int) -> TrainSamples:
         return TrainSamples(self.dataset, self.cfg, epoch)
@@ -509,6 +500,21 @@ class ResumeState:
                                               max_step=int(self.state["progress"]["global_samples"]))
             log.info("copied %d metric points of epochs 1-%d from run %s", copied, epoch, self.source_run_id)
             tracking.close_resumed_run(self.source_run_id, trainer.run.run_id)
+
+
+def validation_ious(model: torch.nn.Module, samples, cfg: Config, device: torch.device) -> np.ndarray:
+    """IoU per held-out sample of the greedy autoregressive box (Hanning window on), decoded at
+    cfg.train.precision in batches of cfg.train.batch_size. Leaves the model in eval mode."""
+    model.eval()
+    ious = []
+    loader = DataLoader(samples, batch_size=cfg.train.batch_size, shuffle=False, num_workers=0)
+    for batch in loader:
+        templates = [t.to(device) for t in batch["templates"].unbind(1)]
+        with autocast(device, cfg.train.precision):
+            tokens, _ = model.predict(templates, batch["search"].to(device), window=True)
+        pred = cxcywh_to_xywh(tokens_to_boxes(tokens, cfg.model.bins).float().cpu().numpy())
+        ious.append(iou_xywh(pred, cxcywh_to_xywh(batch["box"].numpy())))
+    return np.concatenate(ious)
 
 
 def _log_up_to_epoch(text: str, epoch: int) -> str:

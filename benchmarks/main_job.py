@@ -1,0 +1,113 @@
+"""The whole main job (`mlflow run . -P epochs=5`, default preset) at fp32 and at bf16, side by side.
+
+    python benchmarks/main_job.py                       # 2 full 5-epoch jobs: ~8 min on 2 idle cores
+    python benchmarks/main_job.py --epochs 1 --samples-per-epoch 512   # a 1-minute look
+    python benchmarks/main_job.py --repeat 2            # fp32, bf16, bf16, fp32
+
+Each job is the real trainer in its own process (`python -m seqtrack_mlflow train`, what the
+MLproject's main entry point runs), with a throw-away MLflow store, so the wall time includes
+start-up, data loading, validation, checkpoints and logging. The jobs run one after the other in
+this one invocation; with --repeat 2 the order is ABBA and the faster of each pair counts (other
+load only ever slows a job down).
+
+Same final IoU within noise: both final models are decoded again on the same held-out samples;
+the IoU difference is compared with the validation noise, the 95% half-width of the difference
+of two means over that many samples (how far another validation set could move it). The paired
+per-sample difference is printed too.
+Not a test: numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from seqtrack_mlflow.config import CONFIG_DIR  # noqa: E402
+from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
+from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
+from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
+from seqtrack_mlflow.train.checkpoint import load_checkpoint  # noqa: E402
+from seqtrack_mlflow.train.trainer import load_config_dict, validation_ious  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_job(workdir: Path, precision: str, args: argparse.Namespace) -> tuple[float, Path]:
+    """One training job in a fresh process; returns (wall seconds, its last checkpoint)."""
+    out = workdir / f"{precision}-{time.monotonic_ns()}"
+    cmd = [sys.executable, "-m", "seqtrack_mlflow", "train", "--config", str(CONFIG_DIR / "default.yaml"),
+           "--epochs", str(args.epochs), "--precision", precision, "--output-dir", str(out)]
+    if args.samples_per_epoch:
+        cmd += ["--samples-per-epoch", str(args.samples_per_epoch)]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+    env.pop("MLFLOW_RUN_ID", None)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"{precision} job failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    ckpt = max(out.glob("*/checkpoints/epoch_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
+    return wall, ckpt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--samples-per-epoch", type=int, default=0, help="0 = the preset's 2000")
+    ap.add_argument("--repeat", type=int, default=1, choices=(1, 2), help="2 = ABBA order, best of each")
+    args = ap.parse_args()
+    order = ["fp32", "bf16"] if args.repeat == 1 else ["fp32", "bf16", "bf16", "fp32"]
+    print(f"main job: default preset, {args.epochs} epochs x "
+          f"{args.samples_per_epoch or 'the preset'} samples, torch {torch.__version__}, "
+          f"{os.cpu_count()} logical CPUs; order {', '.join(order)}", flush=True)
+    walls: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    ckpts: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
+        for precision in order:
+            wall, path = run_job(Path(tmp), precision, args)
+            walls[precision].append(wall)
+            ckpts[precision] = load_checkpoint(path)
+            print(f"  {precision}: {wall:.1f} s", flush=True)
+
+    print("\n| precision | job wall s | training s (trainer clock) | train loss per epoch | val IoU per epoch |")
+    print("|---|---|---|---|---|")
+    for p in ("fp32", "bf16"):
+        ck = ckpts[p]
+        losses = ", ".join(f"{m['train_loss']:.3f}" for m in ck["metrics"])
+        ious = ", ".join(f"{m['val_iou']:.3f}" for m in ck["metrics"])
+        print(f"| {p} | {min(walls[p]):.1f} | {ck['progress']['elapsed_seconds']:.1f} | {losses} | {ious} |")
+    speed = min(walls["fp32"]) / min(walls["bf16"])
+    print(f"\nwhole job: bf16 is x{speed:.2f} the speed of fp32")
+
+    # Same final IoU within noise: both final models on the same held-out samples, paired.
+    ious = {}
+    for p, ck in ckpts.items():
+        cfg = load_config_dict(ck["config"])
+        model = build_seqtrack(cfg.model)
+        model.load_state_dict(ck["model_state_dict"])
+        ious[p] = validation_ious(model, ValidationSamples(open_dataset(cfg.data), cfg), cfg, torch.device("cpu"))
+    diff = ious["bf16"] - ious["fp32"]
+    n = len(diff)
+    # Noise of a validation IoU: the 95% half-width of the difference of two independent means
+    # over n samples (what drawing another validation set would move it by).
+    noise = 1.96 * np.sqrt((ious["fp32"].var(ddof=1) + ious["bf16"].var(ddof=1)) / n)
+    paired = 1.96 * diff.std(ddof=1) / np.sqrt(n)
+    print(f"final val IoU over {n} held-out samples: fp32 {ious['fp32'].mean():.4f}, "
+          f"bf16 {ious['bf16'].mean():.4f}; difference {diff.mean():+.4f} vs validation noise "
+          f"+-{noise:.4f} (95%): " + ("same within noise" if abs(diff.mean()) <= noise else "DIFFERENT"))
+    print(f"(paired, per sample: {diff.mean():+.4f} +- {paired:.4f}; "
+          f"{np.mean(np.abs(diff) > 1e-6):.0%} of the samples get a different box)")
+
+if __name__ == "__main__":
+    main()
