@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def test_same_seed_is_bit_identical_whatever_the_worker_count_and_another_seed_d
 
 
 @pytest.mark.parametrize("resume_by", ["run_id", "path"])
-def test_resume_after_epoch_k_is_bit_identical_to_never_stopping(tmp_path, resume_by):
+def test_resume_after_epoch_k_is_bit_identical_to_never_stopping(tmp_path, resume_by, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a run id's checkpoints are fetched
     full = train(tmp_path / "full")
     first = train(tmp_path / "part", train={"epochs": 1})
     source = first if resume_by == "run_id" else str(tmp_path / "part" / "outputs" / first / "checkpoints" / "epoch_1.ckpt")
@@ -155,9 +157,11 @@ def test_resume_after_epoch_k_is_bit_identical_to_never_stopping(tmp_path, resum
     assert tags["seqtrack.resumed_from_epoch"] == "1"
     log_text = (tmp_path / "part" / "outputs" / resumed / "training_log.txt").read_text()
     assert [int(b.group(1)) for b in BLOCK_RE.finditer(log_text)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert not list(tmp_path.glob("seqtrack-resume-*")), "the downloaded checkpoints were left behind"
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     first = train(tmp_path, train={"epochs": 1})
     other = write_tiny_config(tmp_path / "other", train={"lr": 1e-3})
     with pytest.raises(ConfigError, match="train.lr"):
@@ -165,6 +169,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     with pytest.raises(ConfigError, match="already finished epoch 1"):
         load_resume_state(load_config(write_tiny_config(tmp_path / "other", train={"epochs": 1}),
                                       {"train.resume": first}))
+    assert not list(tmp_path.glob("seqtrack-resume-*")), "a refused resume left its download behind"
 
 
 def test_cpu_fallback_when_cuda_is_absent(monkeypatch):

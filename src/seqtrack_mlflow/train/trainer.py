@@ -184,7 +184,15 @@ class Trainer:
 
         # Resume state first: its config must match before any work is done.
         resume = load_resume_state(cfg) if cfg.train.resume else None
+        try:
+            self._build(resume)
+        finally:
+            if resume is not None:
+                resume.remove_download()  # its checkpoints are in this run's folder by now
 
+    def _build(self, resume: "ResumeState | None") -> None:
+        """Data, model, optimizer; then the resume state and (rank 0) the run's params."""
+        cfg, device, info = self.cfg, self.device, self.dist
         # Data.
         self.dataset = open_dataset(cfg.data)
         self.summary = dataset_summary(self.dataset, cfg)
@@ -475,6 +483,12 @@ class ResumeState:
     state: dict[str, Any]
     path: Path                   # the checkpoint file
     source_run_id: str | None    # MLflow run it came from, when known
+    download_dir: Path | None = None  # temporary copy of a run's artifacts, owned by this state
+
+    def remove_download(self) -> None:
+        if self.download_dir is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
+            self.download_dir = None
 
     def describe(self) -> str:
         return f"run {self.source_run_id} epoch {self.state['epoch']}" if self.source_run_id else str(self.path)
@@ -524,32 +538,48 @@ def _log_up_to_epoch(text: str, epoch: int) -> str:
 
 
 def load_resume_state(cfg: Config) -> ResumeState:
-    """`--resume` is a checkpoint file or an MLflow run id (its newest checkpoint is used)."""
+    """`--resume` is a checkpoint file or an MLflow run id (its newest checkpoint is used).
+
+    A run id's checkpoints are downloaded to a temporary folder that the returned state owns:
+    call remove_download() once they are copied (load_resume_state removes it on an error)."""
     spec = cfg.train.resume
     path = Path(spec).expanduser()
     if path.is_file():
         state = load_checkpoint(path)
-        source_run = state.get("run_id")
+        resume = ResumeState(state, path, state.get("run_id"))
         _remove_stale_temp_files(path.parent)
     elif path.suffix == ".ckpt" or os.sep in spec:
         raise CheckpointError(f"resume: checkpoint {spec} does not exist")
     else:
-        old_outputs = tracking.find_run(spec).data.tags.get("seqtrack.output_dir", "")
         folder = Path(tempfile.mkdtemp(prefix="seqtrack-resume-"))
-        path = tracking.latest_checkpoint(spec, folder)
-        state = load_checkpoint(path)
-        source_run = spec
-        if old_outputs and Path(old_outputs).is_dir():  # the run's own folder, on this machine
-            _remove_stale_temp_files(Path(old_outputs) / "checkpoints")
-            # Killed by SIGKILL, it never logged its training log: take it from its folder.
-            local_log = Path(old_outputs) / "training_log.txt"
-            if local_log.is_file() and not (folder / "training_log.txt").is_file():
-                shutil.copy2(local_log, folder / "training_log.txt")
-    check_resume_config(cfg, state, spec)
-    if int(state["epoch"]) >= cfg.train.epochs:
-        raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
-                          f"epoch {state['epoch']}, ask for more epochs to continue")
-    return ResumeState(state, path, source_run)
+        try:
+            resume = _download_resume_state(spec, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    try:
+        check_resume_config(cfg, resume.state, spec)
+        if int(resume.state["epoch"]) >= cfg.train.epochs:
+            raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
+                              f"epoch {resume.state['epoch']}, ask for more epochs to continue")
+    except BaseException:
+        resume.remove_download()
+        raise
+    return resume
+
+
+def _download_resume_state(run_id: str, folder: Path) -> ResumeState:
+    """The newest checkpoint of MLflow run `run_id` (all its checkpoints land in `folder`)."""
+    old_outputs = tracking.find_run(run_id).data.tags.get("seqtrack.output_dir", "")
+    path = tracking.latest_checkpoint(run_id, folder)
+    state = load_checkpoint(path)
+    if old_outputs and Path(old_outputs).is_dir():  # the run's own folder, on this machine
+        _remove_stale_temp_files(Path(old_outputs) / "checkpoints")
+        # Killed by SIGKILL, it never logged its training log: take it from its folder.
+        local_log = Path(old_outputs) / "training_log.txt"
+        if local_log.is_file() and not (folder / "training_log.txt").is_file():
+            shutil.copy2(local_log, folder / "training_log.txt")
+    return ResumeState(state, path, run_id, download_dir=folder)
 
 
 def _remove_stale_temp_files(ckpt_dir: Path) -> None:
