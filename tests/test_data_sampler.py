@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -138,6 +139,23 @@ def test_validation_samples_are_fixed(dataset):
         name, f = val.describe(i)
         seq = next(q for q in dataset.test if q.name == name)
         assert seq.visible[f] and seq.visible[f - 1]
+
+
+def test_no_motion_baseline_is_the_mean_iou_of_the_previous_box(dataset):
+    def iou(a, b):  # xywh
+        ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+        iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+    val = ValidationSamples(dataset, _cfg())
+    expected = []
+    for i in range(len(val)):
+        name, f = val.describe(i)
+        seq = next(q for q in dataset.test if q.name == name)
+        expected.append(iou(seq.boxes[f - 1], seq.boxes[f]))
+    assert val.no_motion_iou() == pytest.approx(float(np.mean(expected)), abs=1e-12)
+    assert 0 < val.no_motion_iou() < 1, "the test targets move, so the baseline is not perfect"
+    assert math.isnan(ValidationSamples(dataset, _cfg(**{"data.val_samples": 0})).no_motion_iou())
 
 
 def test_validation_without_test_sequences(tmp_path):

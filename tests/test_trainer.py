@@ -119,6 +119,9 @@ def test_a_run_holds_params_metrics_artifacts_and_the_spec_log(tmp_path):
     report = (out / "report.md").read_text()
     assert "XXXX" not in report and "X:XX:XX" not in report
     assert f"Best IoU: {best[-1]:.4f}" in report
+    (no_motion,) = client.get_metric_history(run_id, "val/no_motion_iou")
+    assert no_motion.step == 0 and 0 < no_motion.value < 1
+    assert f"No-motion baseline IoU: {no_motion.value:.4f}" in report
     for entry in manifest:
         assert entry["sha256"] in report
 

@@ -41,6 +41,7 @@ from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
 from seqtrack_mlflow.data.transforms import (box_to_target, crop_around, crop_side_ok, flip_crop,
                                              jitter_box, to_grayscale, to_tensor)
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.geometry import iou_xywh
 
 NUM_SEARCH = 1  # SeqTrack trains with one search frame (DATA.SEARCH.NUMBER)
 GAP_STEP = 5  # official gap_increase step
@@ -211,6 +212,17 @@ class ValidationSamples(Dataset):
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def no_motion_iou(self) -> float:
+        """Mean IoU of a tracker that never moves: the previous frame's box as the answer.
+
+        The search crop is centred on that box, so this is the prior a model must beat before
+        its validation IoU says it localises anything (from the annotations, no model)."""
+        if not self.plan:
+            return float("nan")
+        previous = np.array([s.boxes[f - 1] for s, _, f in self.plan])  # (N, 4) xywh
+        current = np.array([s.boxes[f] for s, _, f in self.plan])  # (N, 4) xywh
+        return float(iou_xywh(previous, current).mean())
 
     def describe(self, index: int) -> tuple[str, int]:
         """(sequence name, 0-based search frame) of a validation sample."""

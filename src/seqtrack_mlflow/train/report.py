@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import shlex
 from pathlib import Path
@@ -29,7 +30,8 @@ def reproduce_command(cfg: Config) -> str:
 
 
 def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]],
-           manifest: list[dict[str, Any]], total_seconds: float, device: torch.device, run_id: str) -> str:
+           manifest: list[dict[str, Any]], total_seconds: float, device: torch.device, run_id: str,
+           no_motion_iou: float) -> str:
     best_epoch, best = max(enumerate((h["val_iou"] for h in history), start=1), key=lambda e: e[1])
     lines = [
         "# SeqTrack training report", "",
@@ -61,6 +63,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         f"grad clip {cfg.train.grad_clip:g}",
         "", "## Training results", "",
         f"- Best IoU: {best:.4f} (validation, epoch {best_epoch})",
+        f"- No-motion baseline IoU: {no_motion_iou:.4f} (the previous frame's box as the answer; the "
+        "validation crop is centred on it, so only a validation IoU above this shows localisation)",
         f"- Average loss per epoch: {sum(h['train_loss'] for h in history) / len(history):.6f} "
         "(mean of the per-epoch averages below)",
         f"- Total training time: {hms(total_seconds)} hours",
@@ -80,8 +84,9 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
 
 
 def plot_curves(blocks: dict[str, list[tuple[int, float]]], history: list[dict[str, float]],
-                folder: Path) -> list[Path]:
-    """loss.png (per-block and per-epoch train loss) and iou.png (train and validation IoU)."""
+                folder: Path, no_motion_iou: float) -> list[Path]:
+    """loss.png (per-block and per-epoch train loss) and iou.png (train and validation IoU,
+    with the no-motion baseline of the validation samples as a dashed line)."""
     folder.mkdir(parents=True, exist_ok=True)
     epochs = list(range(1, len(history) + 1))
     paths = []
@@ -94,6 +99,8 @@ def plot_curves(blocks: dict[str, list[tuple[int, float]]], history: list[dict[s
         ax_block.set(xlabel="training samples", ylabel=ylabel, title=f"{block_key} (every progress block)")
         for key in epoch_keys:
             ax_epoch.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        if name == "iou.png" and math.isfinite(no_motion_iou):
+            ax_epoch.axhline(no_motion_iou, color="gray", ls="--", label="no-motion baseline")
         ax_epoch.set(xlabel="epoch", ylabel=ylabel, title="per epoch")
         ax_epoch.set_xticks(epochs)
         ax_epoch.legend()

@@ -278,6 +278,9 @@ class Trainer:
             return
         self.progress = ProgressLog(self.out_dir / "training_log.txt")
         val_samples = self._validation_samples()
+        # The bar for val_iou: the crop is centred on the previous box, so "no motion" scores well.
+        self.no_motion_iou = val_samples.no_motion_iou() if val_samples is not None else float("nan")
+        self.run.log_metrics({"val/no_motion_iou": self.no_motion_iou}, step=0)
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 t_epoch = time.perf_counter()
@@ -289,8 +292,8 @@ class Trainer:
                            "seconds": time.perf_counter() - t_epoch, "lr": self.optimizer.param_groups[-1]["lr"]}
                 self.history.append(metrics)
                 self.run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch)
-                log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f), %.1f s", epoch,
-                         train_loss, val_iou, best, metrics["seconds"])
+                log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f), "
+                         "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou, metrics["seconds"])
                 self._save_checkpoint(epoch)
                 distributed.barrier(self.dist)
         finally:
@@ -439,11 +442,12 @@ class Trainer:
         self.run.log_artifact(manifest_path, "checkpoints")
 
     def _finish(self, total_seconds: float) -> None:
-        plots = report.plot_curves(self.run_metric_history(), self.history, self.out_dir / "plots")
+        plots = report.plot_curves(self.run_metric_history(), self.history, self.out_dir / "plots",
+                                   self.no_motion_iou)
         for p in plots:
             self.run.log_artifact(p, "plots")
         text = report.render(self.cfg, self.summary, self.history, self.manifest, total_seconds,
-                             self.device, self.run.run_id)
+                             self.device, self.run.run_id, self.no_motion_iou)
         (self.out_dir / "report.md").write_text(text)
         self.run.log_artifact(self.out_dir / "report.md")
         print(text, flush=True)
