@@ -216,6 +216,32 @@ def test_sdpa_attention_equals_plain_attention():
     torch.testing.assert_close(attn(x), plain, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_encoder_output_is_the_search_rows_of_the_full_computation(precision):
+    """The last block computes only the search rows: the same as running every block on all
+    tokens (the official forward_features) and keeping the search tokens, gradients included."""
+    model = build(TINY).eval()
+    vit = model.encoder.body
+    templates, search, _ = inputs(TINY, batch=2)
+
+    def full(templates, search):
+        nx = vit.num_patches_search
+        zs = [vit.patch_embed(z) + vit.pos_embed[:, nx:] for z in templates]
+        xz = torch.cat([vit.patch_embed(search) + vit.pos_embed[:, :nx], *zs], dim=1)
+        for block in vit.blocks:
+            xz = block(xz)  # every token updated, as the official code
+        return vit.norm(xz)[:, :nx]
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        ours, reference = vit(templates, search), full(templates, search)
+    assert ours.shape == (2, vit.num_patches_search, TINY.embed_dim)
+    tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=0.02, atol=0.02)
+    torch.testing.assert_close(ours.float(), reference.float(), **tol)
+    grads = [torch.autograd.grad(f(templates, search).float().square().sum(), vit.blocks[-1].mlp.fc1.weight)[0]
+             for f in (vit, full)]
+    torch.testing.assert_close(grads[0], grads[1], **tol)
+
+
 def test_bf16_cpu_attention_is_the_official_formula_under_autocast():
     """bf16 on the CPU takes the written-out path: bit-equal to the official vit.py lines run
     under bf16 autocast, within bf16 rounding of fp32, and gradients flow."""

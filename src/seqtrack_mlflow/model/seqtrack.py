@@ -179,10 +179,10 @@ class SeqTrack(nn.Module):
 
     def encode(self, templates: list[torch.Tensor], search: torch.Tensor) -> torch.Tensor:
         """Images -> decoder memory (B, Nx, D): the search tokens of the encoder, projected."""
-        xz = self.encoder(templates, search)  # (B, Nx + T*Nz, C)
+        x = self.encoder(templates, search)  # (B, Nx, C)
         # Official applies the bottleneck only when C != D; we always do (C != D in every
         # official preset, and a parameter that is sometimes skipped would be a trap).
-        return self.bottleneck(xz[:, :self.num_patches_search])  # (B, Nx, D)
+        return self.bottleneck(x)  # (B, Nx, D)
 
     def decode(self, memory: torch.Tensor, seq_input: torch.Tensor) -> torch.Tensor:
         """Teacher-forced, causal: memory (B, Nx, D), tokens (B, L) -> logits (B, L, bins + 2)."""
@@ -266,7 +266,9 @@ class SeqTrack(nn.Module):
         n = nx + c.num_templates * nz  # encoder tokens
         L = NUM_COORDS + 1  # decoder tokens
         fwd = 2 * n * 3 * c.patch_size ** 2 * C  # patch embedding
-        fwd += c.depth * (2 * n * (3 * C * C + C * C + 2 * C * H) + 2 * 2 * n * n * C)  # ViT blocks
+        fwd += (c.depth - 1) * (2 * n * (3 * C * C + C * C + 2 * C * H) + 2 * 2 * n * n * C)  # ViT blocks
+        # last block: the fused qkv for all n tokens, everything else for the nx search rows only
+        fwd += 2 * n * 3 * C * C + 2 * nx * (C * C + 2 * C * H) + 2 * 2 * nx * n * C
         fwd += 2 * nx * C * D  # bottleneck
         per_layer = (2 * L * 4 * D * D + 2 * 2 * L * L * D  # self-attention
                      + 2 * L * 2 * D * D + 2 * nx * 2 * D * D + 2 * 2 * L * nx * D  # cross-attention
