@@ -142,11 +142,13 @@ def main() -> None:
     official = official_b256(args.videox, cfg)
     official.load_state_dict(ours["fp32"].model.state_dict(), strict=True)
     off = OfficialStepper(official, cfg, batch)
+    for m in (official, ours["fp32"].model):
+        m.eval()  # no dropout, so the two are comparable
     with torch.no_grad():
-        official.eval(), ours["fp32"].model.eval()
         templates = list(batch["templates"].unbind(1))
         gap = (off.logits() - ours["fp32"].model(templates, batch["search"], off.seq_input)).abs().max()
-        official.train(), ours["fp32"].model.train()
+    for m in (official, ours["fp32"].model):
+        m.train()
     print(f"same weights, eval mode: largest fp32 logit difference official vs ours {gap.item():.2e}\n", flush=True)
 
     fns = {"official fp32": off.step, "ours fp32": ours["fp32"].step, "ours bf16": ours["bf16"].step}
