@@ -1,6 +1,6 @@
 """Training, data, inference and matmul speed on this machine, all measured side by side.
 
-    python benchmarks/speed.py            # 2.5 min on 2 idle CPU cores, up to ~12 min when shared
+    python benchmarks/speed.py            # 3 min on 2 idle CPU cores, up to ~12 min when shared
     python benchmarks/speed.py --quick    # 3 rounds, smaller matmul
     python benchmarks/speed.py --no-compile
 
