@@ -57,6 +57,7 @@ from seqtrack_mlflow.config import CONFIG_DIR, Config, load_config  # noqa: E402
 from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
+from seqtrack_mlflow.model.vit import explicit_attention  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402
 from seqtrack_mlflow.train.trainer import autocast  # noqa: E402
 
@@ -168,11 +169,6 @@ def adamw_steps(cfg: Config) -> dict[str, Callable[[], Timing]]:
         fns["fused" if fused else "for-loop"] = lambda opt=opt: min((timed(opt.step) for _ in range(5)),
                                                                     key=lambda t: t.wall)
     return fns
-
-
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v as the official vit.py writes it."""
-    return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(dim=-1) @ v
 
 
 def attention_fns(cfg: Config, batch: int) -> dict[str, Callable[[], Timing]]:

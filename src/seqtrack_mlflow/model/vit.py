@@ -43,6 +43,13 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, H/p * W/p, C), row-major patches
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v written out as the official vit.py: q (..., Nq, d), k and
+    v (..., N, d) -> (..., Nq, d)."""
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (..., Nq, N)
+    return attn.softmax(dim=-1) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (official names: qkv, proj)."""
 
@@ -64,11 +71,10 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # (B, h, N, C/h) each
         q = q[:, :, :nq]  # (B, h, Nq, C/h)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # Written out as the official vit.py does: under bf16 autocast this is exactly the
-            # official code's math, and on the CPU it is x1.6 faster (forward + backward, b256's
-            # 768 tokens) than PyTorch's flash kernel (benchmarks/speed.py, "attention" rows).
-            attn = (q @ k.transpose(-2, -1)) * (C // h) ** -0.5  # (B, h, Nq, N)
-            y = attn.softmax(dim=-1) @ v  # (B, h, Nq, C/h)
+            # Under bf16 autocast the written-out form is exactly the official code's math, and
+            # on the CPU it is x1.6 faster (forward + backward, b256's 768 tokens) than
+            # PyTorch's flash kernel (benchmarks/speed.py, "attention" rows).
+            y = explicit_attention(q, k, v)  # (B, h, Nq, C/h)
         else:
             y = F.scaled_dot_product_attention(q, k, v)  # (B, h, Nq, C/h), scale 1/sqrt(C/h)
         y = y.transpose(1, 2).reshape(B, nq, C)  # (B, Nq, C)
