@@ -32,17 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
-from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from seqtrack_mlflow import tracking  # noqa: E402
 from seqtrack_mlflow.config import CONFIG_DIR  # noqa: E402
 from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
-from seqtrack_mlflow.train.checkpoint import load_checkpoint  # noqa: E402
+from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint  # noqa: E402
 from seqtrack_mlflow.train.trainer import load_config_dict, validation_ious  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def run_job(workdir: Path, precision: str, args: argparse.Namespace) -> tuple[fl
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{precision} job failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    ckpt = max(out.glob("*/checkpoints/epoch_*.ckpt"), key=lambda p: int(p.stem.split("_")[1]))
+    (ckpt,) = out.glob(f"*/checkpoints/{checkpoint_name(args.epochs)}")  # out/<run id>/checkpoints
     return wall, ckpt
 
 
@@ -114,10 +115,9 @@ def main() -> None:
             walls[precision].append(wall)
             ckpts[precision] = load_checkpoint(path)
             print(f"  {precision}: {wall:.1f} s", flush=True)
-        client = MlflowClient(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-        curves = {p: {key: [(m.step, m.value) for m in sorted(
-            client.get_metric_history(ck["run_id"], key), key=lambda m: m.step)]
-            for key in ("train/loss", "epoch/train_loss", "epoch/val_iou")} for p, ck in ckpts.items()}
+        mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        curves = {p: {key: tracking.metric_points(ck["run_id"], key)
+                      for key in ("train/loss", "epoch/train_loss", "epoch/val_iou")} for p, ck in ckpts.items()}
 
     print("\n| precision | job wall s | training s (trainer clock) | train loss per epoch | val IoU per epoch |")
     print("|---|---|---|---|---|")
