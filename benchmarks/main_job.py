@@ -38,13 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from seqtrack_mlflow import tracking  # noqa: E402
-from seqtrack_mlflow.config import CONFIG_DIR  # noqa: E402
+from seqtrack_mlflow import experiment, names  # noqa: E402
 from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
-from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
+from seqtrack_mlflow.model import model_from_checkpoint  # noqa: E402
 from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint  # noqa: E402
-from seqtrack_mlflow.train.trainer import load_config_dict, validation_ious  # noqa: E402
+from seqtrack_mlflow.train.trainer import validation_ious  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -53,7 +52,7 @@ SRC = REPO / "src"
 def run_job(workdir: Path, precision: str, args: argparse.Namespace) -> tuple[float, Path]:
     """One training job in a fresh process; returns (wall seconds, its last checkpoint)."""
     out = workdir / f"{precision}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "seqtrack_mlflow", "train", "--config", str(CONFIG_DIR / "default.yaml"),
+    cmd = [sys.executable, "-m", "seqtrack_mlflow", "train", "--config", "default",
            "--epochs", str(args.epochs), "--precision", precision, "--output-dir", str(out)]
     if args.samples_per_epoch:
         cmd += ["--samples-per-epoch", str(args.samples_per_epoch)]
@@ -78,9 +77,9 @@ def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], epochs: int, sam
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     styles = {"fp32": dict(color="tab:blue", lw=1.6), "bf16": dict(color="tab:orange", lw=1.2, ls="--")}
     for p, c in curves.items():
-        axes[0].plot(*zip(*c["train/loss"]), label=p, **styles[p])
-        axes[1].plot(*zip(*c["epoch/train_loss"]), marker="o", label=p, **styles[p])
-        axes[2].plot(*zip(*c["epoch/val_iou"]), marker="o", label=p, **styles[p])
+        axes[0].plot(*zip(*c[names.TRAIN_LOSS]), label=p, **styles[p])
+        axes[1].plot(*zip(*c[names.EPOCH_TRAIN_LOSS]), marker="o", label=p, **styles[p])
+        axes[2].plot(*zip(*c[names.VAL_IOU]), marker="o", label=p, **styles[p])
     axes[0].set(title="train loss per progress block", xlabel="samples seen", ylabel="loss")
     axes[1].set(title="train loss per epoch", xlabel="epoch", ylabel="loss")
     axes[2].set(title="validation IoU per epoch", xlabel="epoch", ylabel="IoU")
@@ -116,8 +115,9 @@ def main() -> None:
             ckpts[precision] = load_checkpoint(path)
             print(f"  {precision}: {wall:.1f} s", flush=True)
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-        curves = {p: {key: tracking.metric_points(ck["run_id"], key)
-                      for key in ("train/loss", "epoch/train_loss", "epoch/val_iou")} for p, ck in ckpts.items()}
+        curves = {p: {key: experiment.metric_points(ck["run_id"], key)
+                      for key in (names.TRAIN_LOSS, names.EPOCH_TRAIN_LOSS, names.VAL_IOU)}
+                  for p, ck in ckpts.items()}
 
     print("\n| precision | job wall s | training s (trainer clock) | train loss per epoch | val IoU per epoch |")
     print("|---|---|---|---|---|")
@@ -135,9 +135,7 @@ def main() -> None:
     # Same final IoU within noise: both final models on the same held-out samples, paired.
     ious = {}
     for p, ck in ckpts.items():
-        cfg = load_config_dict(ck["config"])
-        model = build_seqtrack(cfg.model)
-        model.load_state_dict(ck["model_state_dict"])
+        model, cfg = model_from_checkpoint(ck, f"{p} checkpoint")
         ious[p] = validation_ious(model, ValidationSamples(open_dataset(cfg.data), cfg), cfg, torch.device("cpu"))
     diff = ious["bf16"] - ious["fp32"]
     n = len(diff)

@@ -15,7 +15,7 @@ What is measured:
 - training: forward + loss + backward + grad clip + AdamW step through the real actor and
   model (the body of Trainer._train_epoch), on real crops from TrainSamples, for the default
   preset (batch 16) and the official seqtrack_b256 (batch 2), each at fp32 and under bf16
-  autocast (trainer.autocast); plus the AdamW step alone, torch's for-loop vs fused kernel;
+  autocast (train.device.autocast); plus the AdamW step alone, torch's for-loop vs fused kernel;
 - data: TrainSamples.__getitem__ alone (decode + crops + transforms, one process), and its
   share of a step if loaded in the training process;
 - attention alone: the encoder's self-attention, forward + backward, at each preset's shape:
@@ -53,13 +53,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from seqtrack_mlflow.config import CONFIG_DIR, Config, load_config  # noqa: E402
+from seqtrack_mlflow.config import Config, load_config  # noqa: E402
 from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.model.vit import explicit_attention  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402
-from seqtrack_mlflow.train.trainer import autocast  # noqa: E402
+from seqtrack_mlflow.train.trainer import build_optimizer, train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 MAIN_JOB_SAMPLES = 5 * 2000  # the default `mlflow run . -P epochs=5`
@@ -113,7 +113,7 @@ def timed(fn: Callable[[], object]) -> Timing:
 # -- the things measured ---------------------------------------------------------------------------
 def preset(name: str) -> Config:
     """A preset on the bundled sample data (its crops are as large as real LaSOT's)."""
-    return load_config(CONFIG_DIR / f"{name}.yaml", {"data.source": "sample",
+    return load_config(name, {"data.source": "sample",
                                                      "data.classes": "airplane,bicycle", "data.root": ""})
 
 
@@ -123,8 +123,8 @@ def real_batch(cfg: Config, batch: int) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def make_optimizer(model, cfg: Config, fused: bool = True) -> torch.optim.AdamW:
-    """As the trainer builds it."""
+def make_optimizer(model, cfg: Config, fused: bool) -> torch.optim.AdamW:
+    """The trainer's AdamW (fused) or torch's CPU for-loop variant, for the comparison."""
     t = cfg.train
     return torch.optim.AdamW(model.param_groups(t.lr, t.encoder_lr_mult, t.weight_decay), lr=t.lr,
                              weight_decay=t.weight_decay, fused=fused, foreach=False)
@@ -139,17 +139,14 @@ class Stepper:
         self.model = build_seqtrack(cfg.model).train()
         forward = torch.compile(self.model) if compile_ else self.model
         self.actor = SeqTrackActor(forward, cfg.model.bins)
-        self.opt = make_optimizer(self.model, cfg)
+        self.opt, _ = build_optimizer(self.model, cfg.train)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.train_cfg = dataclasses.replace(cfg.train, precision=precision)
         self.losses: list[float] = []
 
     def step(self) -> Timing:
         w, c = time.perf_counter(), time.process_time()
-        with autocast(CPU, self.precision):
-            loss, _ = self.actor(self.batch)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.opt.step()
+        loss, _ = train_step(self.actor, self.model, self.opt, self.scaler, self.batch, CPU, self.train_cfg)
         t = Timing(time.perf_counter() - w, time.process_time() - c)
         self.losses.append(float(loss.detach()))  # after the clock: the trainer syncs per block
         return t

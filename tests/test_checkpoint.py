@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from seqtrack_mlflow.errors import CheckpointError
-from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint
 from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
 
 
@@ -57,10 +58,10 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
     path = save_checkpoint(tmp_path / "epoch_1.ckpt", _state())
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
         load_checkpoint(path)
     path.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="truncated or not a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
         load_checkpoint(path)
 
 

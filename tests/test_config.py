@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
-from seqtrack_mlflow.config import CONFIG_DIR, Config, load_config
+from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def test_default_preset_matches_the_spec():
 
 
 def test_b256_preset_is_the_official_model():
-    m = load_config(CONFIG_DIR / "seqtrack_b256.yaml").model
+    m = load_config("seqtrack_b256").model
     assert (m.patch_size, m.search_size, m.template_size, m.num_templates) == (16, 256, 256, 2)
     assert (m.embed_dim, m.depth, m.num_heads, m.bins) == (768, 12, 12, 4000)
     assert (m.decoder_dim, m.decoder_layers, m.decoder_heads, m.decoder_ffn) == (256, 2, 8, 1024)

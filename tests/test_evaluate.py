@@ -57,7 +57,7 @@ def training_run(tmp_path) -> str:
     torch.manual_seed(0)
     model = build_seqtrack(cfg.model)
     history = []
-    with mlflow.start_run(run_name="train") as run:
+    with mlflow.start_run(run_name="train", tags={"seqtrack.kind": "train"}) as run:
         for epoch, iou in VAL_IOU.items():
             history.append({"train_loss": 1.0, "val_iou": iou})
             state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": epoch,
@@ -84,8 +84,8 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
     assert len(children) == 1
     child = children[0]
     assert child.info.status == "FINISHED"
-    assert child.data.tags["seqtrack.kind"] == "evaluation"
-    assert child.data.params["epoch"] == "2" and "best" in child.data.params["epoch_choice"]
+    assert child.data.tags["seqtrack.kind"] == "evaluate"
+    assert child.data.params["eval.epoch"] == "2" and "best" in child.data.params["eval.epoch_choice"]
     for key in ("eval/auc", "eval/precision", "eval/norm_precision", "eval/mean_iou", "eval/fps"):
         [point] = client.get_metric_history(child.info.run_id, key)
         assert point.step == 2 and np.isfinite(point.value)
@@ -133,10 +133,10 @@ def test_evaluate_checkpoint_file_is_a_standalone_run(training_run, sample_root,
     assert run_cli("--checkpoint", path, "--classes", "bicycle", sample_root=sample_root,
                    out=tmp_path / "out") == 0
     runs = MlflowClient().search_runs([MlflowClient().get_run(training_run).info.experiment_id],
-                                      filter_string="tags.`seqtrack.kind` = 'evaluation'")
+                                      filter_string="tags.`seqtrack.kind` = 'evaluate'")
     assert len(runs) == 1 and "mlflow.parentRunId" not in runs[0].data.tags
-    assert runs[0].data.params["epoch"] == "3"
-    assert runs[0].data.params["sequences"] == "bicycle-2,bicycle-7"
+    assert runs[0].data.params["eval.epoch"] == "3"
+    assert runs[0].data.params["eval.sequences"] == "bicycle-2,bicycle-7"
 
 
 BAD_INPUT = [  # one run for all cases: each fresh tracking store costs seconds

@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from seqtrack_mlflow import tracking
+from seqtrack_mlflow import experiment
 from seqtrack_mlflow.cli import main
-from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 
 REPO = "tester/seqtrack-mirror"
@@ -79,7 +80,7 @@ def make_run(folder: Path, epochs: int = 2, bad_sha_epoch: int | None = None,
     (out / "report.md").write_text("# Report\n\nBest IoU: 0.3457\n")
     (out / "plots").mkdir()
     (out / "plots" / "loss.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
-    with mlflow.start_run(run_name="tiny") as run:
+    with mlflow.start_run(run_name="tiny", tags={"seqtrack.kind": "train"}) as run:
         mlflow.log_params({"seed": 8, "train.epochs": epochs, "data.classes": "airplane,bicycle"})
         for epoch in range(1, epochs + 1):
             mlflow.log_metrics({"epoch/train_loss": LOSSES[epoch], "epoch/val_iou": IOUS[epoch],
@@ -112,7 +113,7 @@ def test_mirror_uploads_run_byte_identical_in_one_commit(hub_env, tmp_path, caps
     for rel in expected:
         assert hub_env.read(REPO, rel) == (out / rel).read_bytes(), rel
     assert tree["checkpoints/epoch_1.ckpt"].lfs  # checkpoints went through LFS
-    tags = tracking.find_run(run_id).data.tags
+    tags = experiment.find_run(run_id).data.tags
     assert tags["hub.commit"] == hub_env.head(REPO)
     assert tags["hub.repo_url"] == f"{hub_env.url}/{REPO}"
     assert capsys.readouterr().out.strip() == f"{hub_env.url}/{REPO} {hub_env.head(REPO)}"
@@ -173,7 +174,7 @@ def test_rejected_token_is_a_clear_error_without_the_token(hub_env, tmp_path, mo
     err = capsys.readouterr().err
     assert "rejected the token" in err and "401" in err
     assert wrong not in err and wrong not in caplog.text
-    assert "hub.commit" not in tracking.find_run(run_id).data.tags
+    assert "hub.commit" not in experiment.find_run(run_id).data.tags
 
 
 def test_connection_lost_mid_upload_then_rerun_completes(hub_env, tmp_path, capsys):
@@ -263,7 +264,7 @@ def test_token_appears_nowhere(hub_env, tmp_path, capsys, caplog):
     run2, _ = make_run(tmp_path / "second")
     assert mirror(run2) == 2
     captured = capsys.readouterr()
-    run = tracking.find_run(run_id)
+    run = experiment.find_run(run_id)
     texts = [captured.out, captured.err, caplog.text, hub_env.read(REPO, "README.md").decode(),
              json.dumps(run.data.tags), json.dumps(run.data.params)]
     for text in texts:

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from seqtrack_mlflow.config import CONFIG_DIR, ModelConfig, load_config
+from seqtrack_mlflow.config import ModelConfig, load_config
 from seqtrack_mlflow.errors import CheckpointError
 from seqtrack_mlflow.model import (
     SeqTrack,
@@ -31,7 +31,7 @@ from seqtrack_mlflow.model.vit import Attention
 # A model small enough that a training step takes milliseconds; same architecture.
 TINY = ModelConfig(patch_size=8, template_size=16, search_size=32, num_templates=2, embed_dim=32,
                    depth=2, num_heads=2, mlp_ratio=2.0, bins=32, decoder_dim=32, decoder_layers=2,
-                   decoder_heads=2, decoder_ffn=64, dropout=0.1)
+                   decoder_heads=2, decoder_ffn=64, dropout=0.1, drop_path=0.0, pretrained="")
 
 
 def inputs(cfg: ModelConfig, batch: int, seed: int = 0):
@@ -50,7 +50,7 @@ def build(cfg: ModelConfig = TINY, seed: int = 0) -> SeqTrack:
 
 @pytest.fixture(scope="module")
 def b256() -> SeqTrack:
-    cfg = load_config(CONFIG_DIR / "seqtrack_b256.yaml").model
+    cfg = load_config("seqtrack_b256").model
     return build(cfg)
 
 
@@ -58,7 +58,7 @@ def b256() -> SeqTrack:
 
 
 def test_default_preset_shapes():
-    cfg = load_config(CONFIG_DIR / "default.yaml").model
+    cfg = load_config("default").model
     model = build(cfg)
     templates, search, box = inputs(cfg, 2)
     seq_in, _ = boxes_to_sequences(box, cfg.bins)
@@ -314,7 +314,7 @@ def test_resize_pos_embed_identity_and_shapes():
 def test_checkpoint_of_other_crop_sizes_is_resampled():
     small = build(TINY)
     bigger = dataclasses.replace(TINY, template_size=24, search_size=48)
-    model = load_official(small.state_dict(), preset=bigger)
+    model = load_official(small.state_dict(), bigger)
     assert model.encoder.body.pos_embed.shape == (1, 36 + 9, TINY.embed_dim)
     assert model.pos_embed.shape == (1, 36, TINY.decoder_dim)
     same = adapt_pos_embeds(small.state_dict(), small)
@@ -354,7 +354,7 @@ def test_load_official_reads_pth_tar_with_trainer_bookkeeping(tmp_path, monkeypa
     torch.save({"epoch": 500, "net_type": "SEQTRACK", "net": donor.state_dict(), "settings": settings,
                 "stats": None, "net_info": None, "constructor": None}, path)
     monkeypatch.delitem(sys.modules, "lib.train.admin.settings")  # nothing of it is importable
-    model = load_official(path, preset=TINY)
+    model = load_official(path, TINY)
     assert all(torch.equal(v, donor.state_dict()[k]) for k, v in model.state_dict().items())
 
 
@@ -386,7 +386,7 @@ def test_load_official_errors(case, tmp_path):
     elif case == "no_state_dict":
         torch.save({"epoch": 3}, source)
     with pytest.raises(CheckpointError) as err:
-        load_official(source, preset=TINY)
+        load_official(source, TINY)
     message = str(err.value)
     if case == "missing":
         assert "missing" in message and "linear1.weight" in message

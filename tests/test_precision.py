@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.errors import ConfigError
-from seqtrack_mlflow.train.trainer import autocast
+from seqtrack_mlflow.train.device import autocast
 
 from .test_trainer import assert_same_tensors, checkpoint, metrics, train
 from .tiny import write_tiny_config

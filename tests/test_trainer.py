@@ -15,9 +15,11 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.errors import ConfigError
-from seqtrack_mlflow.train.checkpoint import load_checkpoint, sha256_file
+from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.train.checkpoint import load_checkpoint
 from seqtrack_mlflow.train.progress import BLOCK_RE
-from seqtrack_mlflow.train.trainer import load_resume_state, resolve_device
+from seqtrack_mlflow.train.device import resolve_device
+from seqtrack_mlflow.train.resume import load_resume_state
 
 from .conftest import REPO
 from .tiny import TINY, write_tiny_config

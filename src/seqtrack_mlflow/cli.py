@@ -1,71 +1,77 @@
 """Command line: `python -m seqtrack_mlflow <command> ...` (the MLproject entry points call it).
 
-Each command parses its flags here and hands them to the module that does the work. A
-`SeqTrackError` (bad parameter, bad file, missing token, ...) or an `OSError` (disk full,
-read-only folder) is printed as one line on stderr with exit code 2; anything else is a bug and
-keeps its traceback.
+The only module that knows argparse and prints results: each command parses its own flags,
+builds the config (`load_config`: a flag left out, or given as "" by MLproject, keeps the
+preset's value), calls plain library functions and prints what they return. A `SeqTrackError`
+(bad parameter, bad file, missing token, ...) or an `OSError` (disk full, read-only folder) is
+printed as one line on stderr with exit code 2; anything else is a bug and keeps its traceback.
+Heavy modules (torch, mlflow) are imported inside the handlers, so `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from seqtrack_mlflow.config import Config, load_config
-from seqtrack_mlflow.errors import NotImplementedYet, SeqTrackError, describe_os_error
+from seqtrack_mlflow.errors import SeqTrackError, describe_os_error
 
 log = logging.getLogger("seqtrack_mlflow")
 
-# Flags shared by every command that builds a config: flag -> dotted config key.
-# A flag left out keeps the preset's value.
-CONFIG_FLAGS = {
-    "--seed": ("seed", "random seed of everything (spec: 8)"),
+DEFAULT_REPO = "hossamaladdin/Assignment3"
+
+# Config flags: flag -> (dotted config key, help). Each command takes the groups it needs.
+DATA_FLAGS = {
+    "--classes": ("data.classes", "comma-separated LaSOT classes"),
+    "--data": ("data.source", "sample (bundled, offline) | lasot (l-lt/LaSOT or a local copy)"),
+    "--data-dir": ("data.root", "dataset folder ('' = the cache folder)"),
+}
+TRAIN_FLAGS = {
+    "--seed": ("seed", "random seed of everything"),
     "--epochs": ("train.epochs", "training epochs"),
     "--batch-size": ("train.batch_size", "samples per optimizer step"),
     "--workers": ("train.workers", "data loader worker processes"),
     "--nproc": ("train.nproc", "data-parallel processes (torchrun, gloo on CPU / nccl on GPU)"),
-    "--device": ("train.device", "auto | cpu | cuda | cuda:N"),
     "--precision": ("train.precision", "fp32 | bf16 | fp16"),
-    "--output-dir": ("train.output_dir", "local folder for run outputs"),
     "--resume": ("train.resume", "checkpoint path or MLflow run id to continue from"),
     "--patch-size": ("model.patch_size", "ViT patch size in pixels"),
-    "--classes": ("data.classes", "comma-separated LaSOT classes"),
-    "--data": ("data.source", "sample (bundled, offline) | lasot (download l-lt/LaSOT)"),
-    "--data-dir": ("data.root", "dataset folder ('' = cache folder)"),
     "--samples-per-epoch": ("data.samples_per_epoch", "training samples per epoch"),
 }
+DEVICE_FLAGS = {
+    "--device": ("train.device", "auto | cpu | cuda | cuda:N"),
+    "--output-dir": ("train.output_dir", "local folder for run outputs"),
+}
+PRESET_NOTE = "(default: the preset's value)"
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None,
-                        help="YAML preset (default: configs/default.yaml)")
-    for flag, (key, text) in CONFIG_FLAGS.items():
-        parser.add_argument(flag, dest=key, default=None, metavar="V", help=text)
-    parser.add_argument("--skip-bad-sequences", dest="data.skip_bad_sequences",
-                        action="store_const", const="true", default=None,
-                        help="skip (and count) malformed sequences instead of failing")
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default; flags that keep the preset's value say so instead of 'None'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None and action.help and PRESET_NOTE in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *groups: dict[str, tuple[str, str]]) -> None:
+    parser.add_argument("--config", default="default",
+                        help="preset name (default, seqtrack_b256) or path of a YAML config")
+    for group in groups:
+        for flag, (key, text) in group.items():
+            parser.add_argument(flag, dest=key, default=None, metavar="V", help=f"{text} {PRESET_NOTE}")
+    parser.add_argument("--skip-bad-sequences", dest="data.skip_bad_sequences", action="store_const",
+                        const="true", default=None,
+                        help=f"skip (and count) malformed sequences instead of failing {PRESET_NOTE}")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set model.depth=6 (repeatable)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """Preset <- flags <- --set overrides. Empty strings and 0 for the sizes mean 'keep preset'
-    for the values that MLproject always passes (so its defaults do not mask the preset)."""
-    overrides: dict[str, Any] = {}
-    for key, _ in CONFIG_FLAGS.values():
-        value = getattr(args, key, None)
-        if value is None:
-            continue
-        if key == "data.samples_per_epoch" and str(value).strip() in ("", "0"):
-            continue  # MLproject default: the preset's own epoch length
-        if key in ("train.resume", "data.root") and str(value).strip() == "":
-            continue
-        overrides[key] = value
-    if getattr(args, "data.skip_bad_sequences", None):
-        overrides["data.skip_bad_sequences"] = "true"
+    """Preset <- flags <- --set overrides; "not given" is resolved in load_config."""
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if "." in k or k == "seed"}
     for item in args.extra:
         key, sep, value = item.partition("=")
         if not sep:
@@ -74,98 +80,174 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def _import(module_name: str, command: str) -> Any:
-    """Import lazily so `--help` does not load torch or mlflow."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("seqtrack_mlflow"):
-            raise NotImplementedYet(
-                f"'{command}' is not implemented yet ({module_name} is missing)") from None
-        raise
+def default_run_name(cfg: Config, config_arg: str) -> str:
+    """Tells runs apart in `mlflow ui`: preset, seed, epochs, precision (and resume)."""
+    preset = Path(str(config_arg or "default")).stem
+    name = f"{preset}-seed{cfg.seed}-e{cfg.train.epochs}-{cfg.train.precision}"
+    return name + ("-resumed" if cfg.train.resume else "")
 
 
-def _handler(target: str) -> Callable[[argparse.Namespace], int]:
-    """'module:function' called with the parsed arguments."""
-    module_name, func_name = target.split(":")
-    return lambda args: getattr(_import(module_name, args.command), func_name)(args)
-
-
+# -- handlers ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
     from seqtrack_mlflow.train.determinism import ensure_hash_seed
-    ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     from seqtrack_mlflow.train.distributed import launch_if_needed
+
+    ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     launch_if_needed(cfg.train.nproc)  # nproc > 1: re-exec under torchrun
-    return _import("seqtrack_mlflow.train.trainer", "train").run_training(cfg)
+    from seqtrack_mlflow.train.lifecycle import run_training
+    from seqtrack_mlflow.train.signals import StopRequested
+
+    try:
+        report = run_training(cfg, args.run_name or default_run_name(cfg, args.config), args.experiment_name)
+    except StopRequested as exc:
+        return 128 + exc.signum
+    if report:
+        print(report, flush=True)
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.data.open import open_dataset
+    from seqtrack_mlflow.data.summary import dataset_summary, format_summary, write_summary
+
+    cfg = config_from_args(args)
+    summary = dataset_summary(open_dataset(cfg.data), cfg)
+    print(format_summary(summary))
+    if args.out:
+        print(f"summary written to {write_summary(summary, args.out)}")
+    return 0
+
+
+def _debug_samples(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.data.debug import save_sample_sheet
+
+    cfg = config_from_args(args)
+    count = save_sample_sheet(cfg, args.count, Path(args.out))
+    print(f"{count} samples (epoch 0) written to {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.track.evaluate import evaluate
+
+    cfg = config_from_args(args)
+    report = evaluate(cfg, run_id=args.run_id.strip(), checkpoint=args.checkpoint.strip(), epoch=args.epoch,
+                      experiment_name=args.experiment_name)
+    o = report["overall"]
+    for name, s in report["sequences"].items():
+        cached = "  (results read back)" if s["skipped"] else ""
+        print(f"{name:>16}: AUC {100 * s['auc']:5.1f}  P {100 * s['precision']:5.1f}  "
+              f"Pnorm {100 * s['norm_precision']:5.1f}  {s['fps']:7.1f} fps{cached}")
+    print(f"{'overall':>16}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
+          f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  "
+          f"({o['sequences']} sequences, {o['frames']} frames; MLflow run {report['mlflow_run_id']})")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow import experiment
+
+    with experiment.tool_run("download", "download") as _:
+        run_id = args.run_id.strip() or experiment.latest_training_run(args.experiment_name)
+        path = experiment.download_artifacts(run_id, args.artifact_path, args.dest)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        print(f)
+    log.info("downloaded %d file(s) of run %s to %s", len(files), run_id, path)
+    return 0
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow import experiment
+    from seqtrack_mlflow.mirror import mirror_run
+
+    with experiment.tool_run("mirror", "mirror") as _:
+        result = mirror_run(run_id=args.run_id.strip(), repo_id=args.repo_id, experiment_name=args.experiment_name,
+                            revision=args.revision or None, private=args.private, dry_run=args.dry_run)
+    if result.commit:
+        print(f"{result.repo_url} {result.commit}" + ("" if result.changed else " (already up to date)"))
+    return 0
+
+
+def _fetch_hub(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.mirror import fetch_checkpoint
+
+    print(fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=args.revision or None))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m seqtrack_mlflow",
-        description="Deterministic SeqTrack training tracked with MLflow.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="python -m seqtrack_mlflow", formatter_class=_Formatter,
+                                     description="Deterministic SeqTrack training tracked with MLflow.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
-    p = sub.add_parser("train", help="train SeqTrack (the MLflow 'main' entry point)")
-    add_config_args(p)
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit")
-    p.set_defaults(func=_train)
+    def command(name: str, text: str, handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.set_defaults(func=handler)
+        return p
 
-    p = sub.add_parser("summary", help="print the dataset summary without training")
-    add_config_args(p)
-    p.add_argument("--out", default="", help="also write the summary JSON here")
-    p.set_defaults(func=_handler("seqtrack_mlflow.data.summary:cli_summary"))
+    def experiment_flag(p: argparse.ArgumentParser, text: str) -> None:
+        p.add_argument("--experiment-name", default="",
+                       help=f"{text} ('' = MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID, else Default)")
 
-    p = sub.add_parser("debug-samples", help="save a PNG of training samples with their boxes")
-    add_config_args(p)
+    p = command("train", "train SeqTrack (the MLflow 'main' entry point)", _train)
+    _add_config_flags(p, TRAIN_FLAGS, DATA_FLAGS, DEVICE_FLAGS)
+    p.add_argument("--run-name", default="", help="MLflow run name ('' = <preset>-seed<S>-e<E>-<precision>)")
+    experiment_flag(p, "MLflow experiment of the run (created if missing)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+    p = command("summary", "print the dataset summary without training", _summary)
+    _add_config_flags(p, DATA_FLAGS)
+    p.add_argument("--out", default="", help="also write the summary JSON here ('' = do not)")
+
+    p = command("debug-samples", "save a PNG of training samples with their boxes", _debug_samples)
+    _add_config_flags(p, DATA_FLAGS)
     p.add_argument("--count", type=int, default=8, help="number of samples")
     p.add_argument("--out", default="samples.png", help="PNG path")
-    p.set_defaults(func=_handler("seqtrack_mlflow.data.debug:cli_debug_samples"))
 
-    p = sub.add_parser("mirror", help="upload a run's checkpoints to a Hugging Face model repo")
-    p.add_argument("--run-id", default="", help="MLflow run (default: latest FINISHED run)")
-    p.add_argument("--experiment", default="", help="experiment name for the default run")
-    p.add_argument("--repo-id", default="hossamaladdin/Assignment3", help="Hub model repo")
-    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--dry-run", action="store_true", help="verify and list, upload nothing")
-    p.set_defaults(func=_handler("seqtrack_mlflow.mirror:cli_mirror"))
-
-    p = sub.add_parser("fetch-hub", help="download a checkpoint from the Hub and verify it loads")
-    p.add_argument("--repo-id", default="hossamaladdin/Assignment3", help="Hub model repo")
-    p.add_argument("--epoch", type=int, required=True, help="epoch N of epoch_N.ckpt")
-    p.add_argument("--revision", default=None, help="branch, tag or commit")
-    p.add_argument("--dest", default=".", help="folder to place the checkpoint in")
-    p.set_defaults(func=_handler("seqtrack_mlflow.mirror:cli_fetch_hub"))
-
-    p = sub.add_parser("evaluate", help="track the test sequences and compute LaSOT metrics")
-    add_config_args(p)
-    p.add_argument("--run-id", default="", help="training run to evaluate")
-    p.add_argument("--checkpoint", default="", help="checkpoint path (instead of a run)")
+    p = command("evaluate", "track the test sequences and compute LaSOT metrics", _evaluate)
+    _add_config_flags(p, DATA_FLAGS, DEVICE_FLAGS)
+    p.add_argument("--run-id", default="", help="training run to evaluate ('' = the latest one)")
+    p.add_argument("--checkpoint", default="", help="checkpoint file (instead of a run)")
     p.add_argument("--epoch", default="best", help="epoch of the run: N, 'last' or 'best'")
-    p.set_defaults(func=_handler("seqtrack_mlflow.track.evaluate:cli_evaluate"))
+    experiment_flag(p, "experiment searched for the latest training run")
 
-    p = sub.add_parser("download", help="download a run's artifacts to a folder")
-    p.add_argument("--run-id", required=True, help="MLflow run id")
+    p = command("download", "download a run's artifacts to a folder", _download)
+    p.add_argument("--run-id", default="", help="MLflow run id ('' = the latest training run)")
     p.add_argument("--artifact-path", default="", help="e.g. checkpoints ('' = everything)")
     p.add_argument("--dest", default="downloads", help="destination folder")
-    p.set_defaults(func=_handler("seqtrack_mlflow.tracking:cli_download"))
+    experiment_flag(p, "experiment searched for the latest training run")
+
+    p = command("mirror", "upload a run's checkpoints to a Hugging Face model repo", _mirror)
+    p.add_argument("--run-id", default="", help="training run ('' = the latest one)")
+    experiment_flag(p, "experiment searched for the latest training run")
+    p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
+    p.add_argument("--revision", default="", help="branch to commit to ('' = main)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--dry-run", action="store_true", help="verify and list, upload nothing")
+
+    p = command("fetch-hub", "download a checkpoint from the Hub and verify it loads", _fetch_hub)
+    p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
+    p.add_argument("--epoch", type=int, required=True, help="epoch N of epoch_N.ckpt")
+    p.add_argument("--revision", default="", help="branch, tag or commit ('' = main)")
+    p.add_argument("--dest", default=".", help="folder to place the checkpoint in")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
     except SeqTrackError as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only or missing folder: the environment, not a bug

@@ -1,17 +1,26 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
-A config is three frozen sections (data, model, train) plus the seed. It is built once by
-`load_config`, validated in one place (`validate`), and never mutated afterwards; code that
-needs a variant uses `dataclasses.replace`. Every rejection raises `ConfigError` with one line
-naming the key, the bad value and what is allowed.
+A config is three frozen sections (data, model, train) plus the seed. The presets ship inside
+the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
+`configs/` is a link to them), and `default.yaml` is the one place that holds every default:
+the dataclasses below declare and document the keys but give no values, and a tree that leaves
+a key out (an older checkpoint, a short user preset) gets it from `default.yaml`.
+
+Every config is built by `Config.from_dict` (used by `load_config`, resume, evaluation and the
+benchmarks), validated there once, and never mutated afterwards. An override whose value is
+None or "" means "not given" and keeps the preset's value: MLproject passes "" for every `-P`
+the user left out, so its defaults never mask a preset. Every rejection raises `ConfigError`
+with one line naming the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,121 +43,163 @@ LASOT_CLASSES = (
 SAMPLE_CLASSES = ("airplane", "bicycle")
 DATA_SOURCES = ("sample", "lasot")
 PRECISIONS = ("fp32", "bf16", "fp16")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+PRESETS = ("default", "seqtrack_b256")
+# Bounds on values that are legal in type but absurd in practice (they would overflow or run
+# for years); each error message names the bound.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # PYTHONHASHSEED and numpy seeds are 32-bit
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "sample"
+    source: str
     """'sample' = bundled procedural LaSOT-format data (offline); 'lasot' = l-lt/LaSOT download."""
-    root: str = ""
+    root: str
     """Folder holding <class>/<class>-<n>/ trees; '' = a per-user cache folder."""
-    classes: tuple[str, ...] = ("airplane", "bicycle")
+    classes: tuple[str, ...]
     """LaSOT classes to train and validate on."""
-    samples_per_epoch: int = 2000
+    samples_per_epoch: int
     """Training samples (template, template, search triplets) per epoch; official: 60000."""
-    max_gap: int = 400
+    max_gap: int
     """Frames drawn within +-max_gap of a base frame (official MAX_SAMPLE_INTERVAL)."""
-    template_factor: float = 4.0
+    template_factor: float
     """Template crop side = sqrt(w*h) * factor (official 4.0)."""
-    search_factor: float = 4.0
+    search_factor: float
     """Search crop side = sqrt(w*h) * factor (official 4.0)."""
-    center_jitter: float = 3.5
+    center_jitter: float
     """Search crop centre jitter, in units of sqrt(w*h)/... as in the official processing."""
-    scale_jitter: float = 0.5
+    scale_jitter: float
     """Search crop log-scale jitter (official 0.5)."""
-    grayscale_prob: float = 0.05
+    grayscale_prob: float
     """Probability that all three crops of a sample are turned grey together."""
-    flip_prob: float = 0.5
+    flip_prob: float
     """Probability of a joint horizontal flip."""
-    brightness_jitter: float = 0.2
+    brightness_jitter: float
     """Brightness factor drawn from U(1-b, 1+b) (official 0.2)."""
-    val_samples: int = 64
+    val_samples: int
     """Held-out samples whose boxes are decoded autoregressively at the end of each epoch."""
-    skip_bad_sequences: bool = False
+    skip_bad_sequences: bool
     """Skip (and count) a malformed sequence instead of failing."""
-    keep_zip: bool = False
+    keep_zip: bool
     """Keep downloaded LaSOT class zips after extraction."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    patch_size: int = 8
+    patch_size: int
     """ViT patch side in pixels (official 16; the spec asks for 8)."""
-    template_size: int = 64
+    template_size: int
     """Template crop side in pixels (official B256: 256)."""
-    search_size: int = 128
+    search_size: int
     """Search crop side in pixels (official B256: 256)."""
-    num_templates: int = 2
+    num_templates: int
     """Templates fed to the encoder (official 2)."""
-    embed_dim: int = 192
+    embed_dim: int
     """Encoder width (ViT-B: 768)."""
-    depth: int = 4
+    depth: int
     """Encoder blocks (ViT-B: 12)."""
-    num_heads: int = 3
+    num_heads: int
     """Encoder attention heads (ViT-B: 12)."""
-    mlp_ratio: float = 4.0
+    mlp_ratio: float
     """Encoder MLP hidden = mlp_ratio * embed_dim."""
-    drop_path: float = 0.0
+    drop_path: float
     """Stochastic depth rate of the encoder."""
-    bins: int = 4000
+    bins: int
     """Quantisation bins per box coordinate; vocabulary = bins + 2 (END, START)."""
-    decoder_dim: int = 256
+    decoder_dim: int
     """Decoder width (official 256)."""
-    decoder_layers: int = 2
+    decoder_layers: int
     """Decoder layers (official 2)."""
-    decoder_heads: int = 8
+    decoder_heads: int
     """Decoder heads (official 8)."""
-    decoder_ffn: int = 1024
+    decoder_ffn: int
     """Decoder feed-forward width (official 1024)."""
-    dropout: float = 0.1
+    dropout: float
     """Decoder dropout (official 0.1)."""
-    pretrained: str = ""
+    pretrained: str
     """Optional path to MAE/timm ViT weights for the encoder ('' = random init)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int
     """Training epochs (official 500)."""
-    batch_size: int = 16
+    batch_size: int
     """Samples per optimizer step (official 16 per GPU)."""
-    workers: int = 1
+    workers: int
     """DataLoader worker processes per training process (0 = load in the main process)."""
-    nproc: int = 1
+    nproc: int
     """Data-parallel training processes (torchrun); batch_size stays the global batch."""
-    device: str = "auto"
+    device: str
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    precision: str = "fp32"
+    precision: str
     """'fp32', 'bf16' (autocast; CPU or CUDA) or 'fp16' (CUDA AMP)."""
-    lr: float = 1e-4
+    lr: float
     """AdamW learning rate of the decoder and heads (official 1e-4)."""
-    encoder_lr_mult: float = 0.1
+    encoder_lr_mult: float
     """Encoder lr = lr * this (official ENCODER_MULTIPLIER 0.1)."""
-    weight_decay: float = 1e-4
+    weight_decay: float
     """AdamW weight decay (official 1e-4)."""
-    lr_drop_epoch: int = 4
+    lr_drop_epoch: int
     """Epoch after which lr is multiplied by lr_drop_factor (official 400 of 500)."""
-    lr_drop_factor: float = 0.1
+    lr_drop_factor: float
     """Step-schedule decay (official 0.1)."""
-    grad_clip: float = 0.1
+    grad_clip: float
     """Max gradient norm (official 0.1); 0 disables clipping."""
-    log_every: int = 50
+    log_every: int
     """Samples between progress blocks (the spec's 50)."""
-    output_dir: str = "outputs"
+    output_dir: str
     """Local folder for checkpoints/, training_log.txt and report.md (one sub-folder per run)."""
-    resume: str = ""
+    resume: str
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 8
-    """Seed of every random generator (the spec's 8)."""
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int
+    """Seed of every random generator (the assignment's 8)."""
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    @classmethod
+    def from_dict(cls, tree: dict[str, Any], overrides: dict[str, Any] | None = None,
+                  origin: str = "config") -> "Config":
+        """The one way to build a config: a nested tree ({'seed': 8, 'model': {...}}) over the
+        default preset, then dotted overrides ({'train.epochs': '5'}; None/"" = not given),
+        each value parsed by its field's type, then `validate`. `origin` names the tree's source
+        in error messages."""
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{origin} must hold a mapping of sections, got {type(tree).__name__}")
+        unknown = set(tree) - set(SECTIONS) - {"seed"}
+        if unknown:
+            raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(map(str, unknown))}; "
+                              f"allowed: seed, {', '.join(SECTIONS)}")
+        base = _default_tree()
+        merged: dict[str, Any] = {"seed": tree.get("seed", base["seed"])}
+        for name in SECTIONS:
+            values = tree.get(name)
+            if values is None:
+                values = {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: section {name!r} must be a mapping of keys, "
+                                  f"got {type(values).__name__} {values!r}")
+            merged[name] = {**base.get(name, {}), **values}
+        for key, value in (overrides or {}).items():
+            if value is None or (isinstance(value, str) and value.strip() == ""):
+                continue  # not given: keep the preset's value
+            if key == "seed":
+                merged["seed"] = value
+                continue
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or not name:
+                raise ConfigError(f"config: unknown key {key!r}; use seed or <section>.<field> "
+                                  f"with section in {', '.join(SECTIONS)}")
+            merged[section][name] = value
+        cfg = cls(seed=_coerce("seed", merged["seed"], int),
+                  **{name: _build(name, sec, merged[name]) for name, sec in SECTIONS.items()})
+        validate(cfg)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples as lists), ready for YAML or a checkpoint."""
@@ -177,44 +228,59 @@ def _plain(value: Any) -> Any:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML preset, apply dotted-key overrides ({'train.epochs': '5'}), validate.
+def preset_path(name: str) -> Path:
+    """A preset shipped in the package, by name ('default', 'seqtrack_b256')."""
+    if name not in PRESETS:
+        raise ConfigError(f"config: unknown preset {name!r}; use one of {', '.join(PRESETS)} "
+                          "or the path of a YAML file")
+    return Path(str(importlib.resources.files("seqtrack_mlflow") / "configs" / f"{name}.yaml"))
 
-    Override values may be strings (as they come from the command line) and are parsed by
-    the type of the field they set.
-    """
-    path = Path(path) if path else DEFAULT_CONFIG
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a tree; ConfigError for a missing, undecodable or invalid file."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"config: file {str(path)!r} not found (presets live in {CONFIG_DIR})")
+        raise ConfigError(f"config: file {str(path)!r} not found; give a YAML file or a preset name "
+                          f"({', '.join(PRESETS)})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(raw).__name__}")
-    tree = {name: dict(raw.get(name) or {}) for name in SECTIONS}
-    unknown = set(raw) - set(SECTIONS) - {"seed"}
-    if unknown:
-        raise ConfigError(f"config: unknown top-level key(s) {sorted(unknown)} in {path}; "
-                          f"allowed: seed, {', '.join(SECTIONS)}")
-    seed = raw.get("seed", Config.seed)
-    for key, value in (overrides or {}).items():
-        if key == "seed":
-            seed = value
-            continue
-        section, _, name = key.partition(".")
-        if section not in SECTIONS or not name:
-            raise ConfigError(f"config: unknown key {key!r}; use seed or <section>.<field> "
-                              f"with section in {', '.join(SECTIONS)}")
-        tree[section][name] = value
-    cfg = Config(
-        seed=_coerce("seed", seed, int),
-        **{name: _build(name, cls, tree[name]) for name, cls in SECTIONS.items()},
-    )
-    validate(cfg)
-    return cfg
+    return raw
+
+
+_DEFAULT_TREE: dict[str, Any] | None = None
+
+
+def _default_tree() -> dict[str, Any]:
+    global _DEFAULT_TREE
+    if _DEFAULT_TREE is None:
+        _DEFAULT_TREE = read_yaml(preset_path("default"))
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _DEFAULT_TREE.items()}
+
+
+def resolve_config_source(source: str | Path | None) -> Path:
+    """None/"" = the default preset; a preset name; otherwise a file path."""
+    text = str(source).strip() if source is not None else ""
+    if not text:
+        return preset_path("default")
+    if text in PRESETS and not Path(text).is_file():
+        return preset_path(text)
+    return Path(text).expanduser()
+
+
+def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML preset (None = default, a preset name or a path), apply dotted-key
+    overrides ({'train.epochs': '5'}; None or "" = not given), validate."""
+    path = resolve_config_source(source)
+    return Config.from_dict(read_yaml(path), overrides, origin=f"config {path}")
 
 
 def _build(section: str, cls: type, values: dict[str, Any]) -> Any:
@@ -223,6 +289,9 @@ def _build(section: str, cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"config: unknown key(s) {sorted(f'{section}.{k}' for k in unknown)}; "
                           f"allowed in {section}: {', '.join(hints)}")
+    missing = set(hints) - set(values)
+    if missing:  # only possible if default.yaml itself lacks a key
+        raise ConfigError(f"config: no value for {sorted(f'{section}.{k}' for k in missing)}")
     return cls(**{k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
 
 
@@ -275,7 +344,13 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: Config) -> None:
     """Every range and cross-field rule, checked once before any work starts."""
     d, m, t = cfg.data, cfg.model, cfg.train
-    _need(cfg.seed >= 0, "seed", cfg.seed, "use an integer >= 0")
+    for section in (d, m, t):  # NaN and inf pass every range check below: refuse them first
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float):
+                _need(math.isfinite(value), f"{_SECTION_OF[type(section)]}.{f.name}", value,
+                      "use a finite number")
+    _need(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"use an integer in [0, {MAX_SEED}]")
     _need(d.source in DATA_SOURCES, "data.source", d.source, f"use one of {', '.join(DATA_SOURCES)}")
     _need(len(d.classes) > 0, "data.classes", ",".join(d.classes), "name at least one class")
     _need(len(set(d.classes)) == len(d.classes), "data.classes", ",".join(d.classes),
@@ -307,12 +382,15 @@ def validate(cfg: Config) -> None:
         _need(size >= 1 and size % m.patch_size == 0, f"model.{key}", size,
               f"use a positive multiple of model.patch_size={m.patch_size}")
     _need(m.num_templates >= 1, "model.num_templates", m.num_templates, "use >= 1")
+    _need(m.embed_dim >= 1, "model.embed_dim", m.embed_dim, "use >= 1")
     _need(m.depth >= 1, "model.depth", m.depth, "use >= 1")
     _need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0, "model.num_heads", m.num_heads,
           f"use a divisor of model.embed_dim={m.embed_dim}")
-    _need(m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "use > 0")
+    _need(int(m.embed_dim * m.mlp_ratio) >= 1, "model.mlp_ratio", m.mlp_ratio,
+          f"use a ratio that gives an MLP of >= 1 unit (model.embed_dim={m.embed_dim})")
     _need(0.0 <= m.drop_path < 1.0, "model.drop_path", m.drop_path, "use a value in [0, 1)")
     _need(m.bins >= 2, "model.bins", m.bins, "use >= 2")
+    _need(m.decoder_dim >= 1, "model.decoder_dim", m.decoder_dim, "use >= 1")
     _need(m.decoder_layers >= 1, "model.decoder_layers", m.decoder_layers, "use >= 1")
     _need(m.decoder_heads >= 1 and m.decoder_dim % m.decoder_heads == 0, "model.decoder_heads",
           m.decoder_heads, f"use a divisor of model.decoder_dim={m.decoder_dim}")
@@ -321,7 +399,7 @@ def validate(cfg: Config) -> None:
     _need(not m.pretrained or Path(m.pretrained).expanduser().is_file(), "model.pretrained",
           m.pretrained, "give the path of an existing weights file, or ''")
 
-    _need(t.epochs >= 1, "train.epochs", t.epochs, "use an integer >= 1")
+    _need(1 <= t.epochs <= MAX_EPOCHS, "train.epochs", t.epochs, f"use an integer >= 1 and <= {MAX_EPOCHS}")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use an integer >= 1")
     _need(t.workers >= 0, "train.workers", t.workers, "use an integer >= 0")
     _need(t.nproc >= 1, "train.nproc", t.nproc, "use an integer >= 1")

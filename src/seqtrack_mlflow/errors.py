@@ -49,7 +49,3 @@ class HubError(SeqTrackError):
 class TrackingError(SeqTrackError):
     """An MLflow run or artifact that was asked for does not exist, or the tracking store
     cannot be reached or refused a write (the message names the store and the action)."""
-
-
-class NotImplementedYet(SeqTrackError):
-    """An entry point whose issue has not landed yet."""

@@ -3,7 +3,7 @@
 
 `mirror`, step by step (each step logs one line with its duration):
 1. token: HF_TOKEN or the `hf auth login` token; none -> HubError before any request.
-2. run: `--run-id`, or the newest FINISHED run of `--experiment` (default experiment).
+2. run: `--run-id`, or the newest FINISHED training run of the active experiment.
 3. artifacts: downloaded through MLflow into a temporary folder.
 4. verify: every `checkpoints/epoch_N.ckpt` is listed in `checkpoints/manifest.json`, has the
    sha256 and size the trainer recorded there, and loads with the safe loader
@@ -32,10 +32,11 @@ from typing import Any, Iterator
 
 import yaml
 
-from seqtrack_mlflow import hub, tracking
+from seqtrack_mlflow import experiment, hub
 from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
 from seqtrack_mlflow.model_card import CardInputs, EpochRow, build_model_card
-from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint, sha256_file
+from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,9 @@ def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
 
 
 # -- run -> upload folder ---------------------------------------------------------------------
-def _resolve_run(run_id: str, experiment: str):
-    if run_id:
-        run = tracking.find_run(run_id)
-    else:
-        run = tracking.latest_finished_run(experiment or None)
-    status = tracking.run_status_name(run.info.status)
+def _resolve_run(run_id: str, experiment_name: str):
+    run = experiment.training_run(run_id or experiment.latest_training_run(experiment_name), experiment_name)
+    status = run.info.status
     if status != "FINISHED":
         log.warning("run %s is %s, not FINISHED: mirroring the checkpoints it has", run.info.run_id, status)
     return run
@@ -135,7 +133,7 @@ def epoch_rows(run_id: str) -> list[EpochRow]:
     """Per-epoch metrics of the run (step = epoch), one row per epoch seen in any of them."""
     values: dict[int, dict[str, float]] = {}
     for column, key in EPOCH_METRICS.items():
-        for step, value in tracking.metric_points(run_id, key):
+        for step, value in experiment.metric_points(run_id, key):
             values.setdefault(int(step), {})[column] = float(value)
     return [EpochRow(epoch=e, **values[e]) for e in sorted(values)]
 
@@ -156,12 +154,12 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, list[dict[st
     artifacts = workdir / "artifacts"
     with _step(f"downloaded the artifacts of run {run_id} (checkpoints/ and {', '.join(RUN_FILES)})"):
         try:
-            tracking.download_artifacts(run_id, "checkpoints", artifacts)
+            experiment.download_artifacts(run_id, "checkpoints", artifacts)
         except TrackingError as exc:
             raise CheckpointError(f"nothing to mirror: {exc}") from None
         for name in RUN_FILES:
             try:
-                tracking.download_artifacts(run_id, name, artifacts)
+                experiment.download_artifacts(run_id, name, artifacts)
             except TrackingError:
                 pass  # reported below
     with _step("verified checkpoints against the manifest (sha256, size, safe load)"):
@@ -191,7 +189,7 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, list[dict[st
     return stage, entries
 
 
-def mirror_run(run_id: str = "", repo_id: str = "", experiment: str = "", revision: str | None = None,
+def mirror_run(run_id: str = "", repo_id: str = "", experiment_name: str = "", revision: str | None = None,
                private: bool = False, dry_run: bool = False, token: str | None = None,
                endpoint: str | None = None) -> MirrorResult:
     """Verify a run's checkpoints and upload them with the model card in one commit."""
@@ -200,7 +198,7 @@ def mirror_run(run_id: str = "", repo_id: str = "", experiment: str = "", revisi
         raise HubError(f"--repo-id must be 'namespace/name', got {repo_id!r}")
     if not dry_run:
         token = hub.get_token(token)  # fail fast: no token, no request
-    run = _resolve_run(run_id, experiment)
+    run = _resolve_run(run_id, experiment_name)
     run_id = run.info.run_id
     url = hub.repo_url(repo_id, endpoint)
     log.info("mirroring run %s (%s) to %s", run_id, run.info.run_name or "unnamed", url)
@@ -225,18 +223,10 @@ def mirror_run(run_id: str = "", repo_id: str = "", experiment: str = "", revisi
     else:
         log.info("already up to date at commit %s: %s holds every file of run %s; nothing uploaded",
                  result.commit, result.repo_url, run_id)
-    tracking.set_run_tags(run_id, {"hub.repo_url": result.repo_url, "hub.repo_id": repo_id,
+    experiment.set_run_tags(run_id, {"hub.repo_url": result.repo_url, "hub.repo_id": repo_id,
                                    "hub.revision": revision or "main", "hub.commit": result.commit})
     log.info("tagged MLflow run %s with hub.repo_url and hub.commit", run_id)
     return MirrorResult(run_id, result.repo_url, result.commit, result.changed, result.files)
-
-
-def cli_mirror(args) -> int:
-    result = mirror_run(run_id=args.run_id, repo_id=args.repo_id, experiment=args.experiment,
-                        revision=args.revision, private=args.private, dry_run=args.dry_run)
-    if result.commit:
-        print(f"{result.repo_url} {result.commit}" + ("" if result.changed else " (already up to date)"))
-    return 0
 
 
 # -- fetch back -------------------------------------------------------------------------------
@@ -272,9 +262,3 @@ def fetch_checkpoint(repo_id: str, epoch: int, dest: str | Path = ".", revision:
     log.info("checkpoint %s loads: epoch %s, seed %s, %d tensors in model_state_dict", path,
              state["epoch"], state["seed"], len(state["model_state_dict"]))
     return path
-
-
-def cli_fetch_hub(args) -> int:
-    path = fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=args.revision)
-    print(path)
-    return 0

@@ -7,18 +7,19 @@ height) then the search crop with its box in green. Use it to check crops and bo
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
+from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.transforms import denormalize
 
 log = logging.getLogger(__name__)
 
 GAP = 4  # pixels between tiles
+HEADER = 14  # pixels of the caption row above the columns
 
 
 def render_samples(items: list[dict[str, torch.Tensor]]) -> Image.Image:
@@ -28,9 +29,13 @@ def render_samples(items: list[dict[str, torch.Tensor]]) -> Image.Image:
     side = items[0]["search"].shape[-1]
     n_t = items[0]["templates"].shape[0]
     width = (n_t + 1) * (side + GAP) + GAP
-    sheet = Image.new("RGB", (width, len(items) * (side + GAP) + GAP), (40, 40, 40))
+    sheet = Image.new("RGB", (width, HEADER + len(items) * (side + GAP) + GAP), (40, 40, 40))
+    draw = ImageDraw.Draw(sheet)
+    captions = [f"template {j + 1}" for j in range(n_t)] + ["search + box"]
+    for j, caption in enumerate(captions):
+        draw.text((GAP + j * (side + GAP), 2), caption, fill=(230, 230, 230))
     for r, item in enumerate(items):
-        y = GAP + r * (side + GAP)
+        y = HEADER + GAP + r * (side + GAP)
         for j in range(n_t):
             tile = Image.fromarray(denormalize(item["templates"][j])).resize((side, side), Image.NEAREST)
             sheet.paste(tile, (GAP + j * (side + GAP), y))
@@ -42,18 +47,14 @@ def render_samples(items: list[dict[str, torch.Tensor]]) -> Image.Image:
     return sheet
 
 
-def cli_debug_samples(args: argparse.Namespace) -> int:
-    """`debug-samples` command: save a PNG grid of the first --count training samples."""
-    from seqtrack_mlflow.cli import config_from_args
+def save_sample_sheet(cfg: Config, count: int, out: Path) -> int:
+    """Draw the first `count` training samples of epoch 0 into a PNG; returns how many."""
     from seqtrack_mlflow.data.open import open_dataset
     from seqtrack_mlflow.data.sampler import TrainSamples
 
-    cfg = config_from_args(args)
     samples = TrainSamples(open_dataset(cfg.data), cfg, epoch=0)
-    count = max(1, min(int(args.count), len(samples)))
+    count = max(1, min(int(count), len(samples)))
     sheet = render_samples([samples[i] for i in range(count)])
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
-    print(f"{count} samples (epoch 0) written to {out}")
-    return 0
+    return count

@@ -12,7 +12,6 @@ share rounded by largest remainder so the classes add up to samples_per_epoch ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -97,16 +96,3 @@ def write_summary(summary: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
-
-
-def cli_summary(args: argparse.Namespace) -> int:
-    """`summary` command: resolve the config, open (generate/download) the data, print."""
-    from seqtrack_mlflow.cli import config_from_args
-    from seqtrack_mlflow.data.open import open_dataset
-
-    cfg = config_from_args(args)
-    summary = dataset_summary(open_dataset(cfg.data), cfg)
-    print(format_summary(summary))
-    if getattr(args, "out", ""):
-        log.info("summary written to %s", write_summary(summary, args.out))
-    return 0

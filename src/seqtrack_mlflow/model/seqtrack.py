@@ -14,33 +14,24 @@ cross entropy (official lib/train/actors/seqtrack.py and lib/train/train_script.
 decodes 4 tokens greedily from START (official decoder.py `inference`,
 lib/test/tracker/seqtrack.py), here with an exact key/value cache.
 
-This file also holds the box tokenizer, the loss, the model's bookkeeping (parameter count,
-FLOPs, optimizer groups), pretrained-encoder loading and the loader of official checkpoints.
-State-dict names equal the official ones (see official_keys.txt next to this file).
+This file also holds the box tokenizer, the loss and the model's bookkeeping (parameter count,
+FLOPs, optimizer groups); load.py builds models and loads weights into them. State-dict names
+equal the official ones (see official_keys.txt next to this file).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import math
-import pickle
-import zipfile
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqtrack_mlflow.config import CONFIG_DIR, ModelConfig, load_config
-from seqtrack_mlflow.errors import CheckpointError
+from seqtrack_mlflow.config import ModelConfig
 from seqtrack_mlflow.model.decoder import SeqTrackDecoder
-from seqtrack_mlflow.model.vit import VisionTransformer, resize_pos_embed
+from seqtrack_mlflow.model.vit import VisionTransformer
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
-OFFICIAL_KEYS = Path(__file__).with_name("official_keys.txt")
 
 
 def end_token(bins: int) -> int:
@@ -291,200 +282,3 @@ class SeqTrack(nn.Module):
             {"name": "decoder", "params": rest, "lr": lr, "weight_decay": weight_decay},
             {"name": "encoder", "params": enc, "lr": lr * encoder_lr_mult, "weight_decay": weight_decay},
         ]
-
-
-def build_seqtrack(cfg: ModelConfig) -> SeqTrack:
-    """The network of `cfg`; random init from torch's current seed, then the optional
-    pretrained encoder (cfg.pretrained). Nothing is ever downloaded."""
-    model = SeqTrack(cfg)
-    if cfg.pretrained:
-        load_pretrained_encoder(model, cfg.pretrained)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint reading
-
-class _OfficialRecord:
-    """Inert stand-in for the official trainer's bookkeeping objects in a .pth.tar
-    (Settings, AverageMeter, ...): keeps their plain-data state and runs none of their code."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> _OfficialRecord:
-        return super().__new__(cls)
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-# Globals an official SEQTRACK_ep*.pth.tar may hold besides tensors (lib/train/trainers/
-# base_trainer.py save_checkpoint stores 'stats' and 'settings' objects). Only these exact
-# names are let through, each as an inert stand-in; anything else is refused.
-_OFFICIAL_GLOBALS: dict[str, Any] = {
-    "lib.train.admin.settings.Settings": _OfficialRecord,
-    "lib.train.admin.stats.AverageMeter": _OfficialRecord,
-    "lib.train.admin.stats.StatValue": _OfficialRecord,
-    "lib.train.admin.local.EnvironmentSettings": _OfficialRecord,
-    "argparse.Namespace": _OfficialRecord,
-    "easydict.EasyDict": collections.OrderedDict,  # a dict subclass: keep keys and attributes
-}
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """torch.load(weights_only=True) with errors turned into CheckpointError.
-
-    If the safe loader refuses the file only because of the official trainer's bookkeeping
-    objects, they are read as inert records (never executed); any other global is refused.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refusal = exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch "
-                              f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (ValueError, RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError):
-        # Not a zip-format torch.save file, or its pickle is cut short.
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
-                              f"({str(refusal).splitlines()[0][:200]})") from None
-    unknown = sorted(set(names) - set(_OFFICIAL_GLOBALS))
-    if not names or unknown:
-        detail = f"unknown object types {unknown}" if unknown else str(refusal).splitlines()[0]
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: {detail}; "
-                              f"only tensors and plain data are accepted") from None
-    try:
-        with torch.serialization.safe_globals([(_OFFICIAL_GLOBALS[n], n) for n in names]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: "
-                              f"{str(exc).splitlines()[0]}") from None
-
-
-def _state_dict_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The model state dict inside a loaded checkpoint object (official: under 'net')."""
-    if isinstance(obj, Mapping):
-        for key in ("net", "model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{source} holds no state dict (want a mapping, or one under 'net')")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{source} is not a state dict: entries {bad[:3]} are not tensors")
-    # Checkpoints saved from a DistributedDataParallel wrapper prefix every name with 'module.'.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with each kind of mismatch reported as CheckpointError."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
-        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}")
-    wrong = [f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in own.items() if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"{source} has {len(wrong)} tensor(s) of the wrong shape, e.g. {wrong[:3]}")
-    module.load_state_dict(state, strict=True)
-
-
-def adapt_pos_embeds(state: Mapping[str, torch.Tensor], model: SeqTrack) -> dict[str, torch.Tensor]:
-    """Resample a SeqTrack state dict's position embeddings to `model`'s crop sizes.
-
-    The checkpoint's search grid is read from its decoder `pos_embed` (one row per search
-    token); the rest of `encoder.body.pos_embed` is the template grid. Both grids and the
-    decoder table are resized bicubically (vit.resize_pos_embed). Identity when they match.
-    """
-    state = dict(state)
-    enc_key, dec_key = "encoder.body.pos_embed", "pos_embed"
-    if enc_key not in state or dec_key not in state:
-        return state  # reported as missing keys by the strict load
-    vit = model.encoder.body
-    enc, dec = state[enc_key], state[dec_key]
-    if enc.ndim != 3 or dec.ndim != 3 or enc.shape[-1] != vit.embed_dim:
-        return state  # reported as a shape mismatch
-    nx_old = dec.shape[1]
-    nz_old = enc.shape[1] - nx_old
-    if (nx_old, nz_old) == (vit.num_patches_search, vit.num_patches_template):
-        return state
-    for n, what in ((nx_old, "search"), (nz_old, "template")):
-        if n <= 0 or math.isqrt(n) ** 2 != n:
-            raise CheckpointError(f"checkpoint position embeddings: {n} {what} tokens is not a square grid")
-    state[enc_key] = torch.cat([resize_pos_embed(enc[:, :nx_old], vit.side_x),
-                                resize_pos_embed(enc[:, nx_old:], vit.side_z)], dim=1)
-    state[dec_key] = resize_pos_embed(dec, vit.side_x)
-    return state
-
-
-def load_official(path_or_state_dict: str | Path | Mapping[str, Any],
-                  preset: str | ModelConfig = "seqtrack_b256") -> SeqTrack:
-    """An official SeqTrack checkpoint (SEQTRACK_ep0500.pth.tar, weights under 'net') or a
-    state dict -> SeqTrack of the preset (a configs/<preset>.yaml name, or a ModelConfig),
-    loaded with strict=True. Position embeddings are resampled when the crop sizes differ.
-    Raises CheckpointError on unreadable files, missing/unexpected keys or wrong shapes.
-    """
-    if isinstance(preset, ModelConfig):
-        cfg = preset
-    else:
-        cfg = load_config(CONFIG_DIR / f"{preset}.yaml").model
-    cfg = dataclasses.replace(cfg, pretrained="")  # every weight comes from the checkpoint
-    if isinstance(path_or_state_dict, Mapping):
-        source, obj = "state dict", path_or_state_dict
-    else:
-        source = f"checkpoint {str(path_or_state_dict)!r}"
-        obj = read_checkpoint(path_or_state_dict)
-    state = _state_dict_of(obj, source)
-    model = SeqTrack(cfg)
-    _load_strict(model, adapt_pos_embeds(state, model), source)
-    return model
-
-
-_NOT_ENCODER = ("cls_token", "dist_token", "mask_token", "head.", "head_dist.", "pre_logits.",
-                "fc_norm.", "decoder_")  # classifier / MAE-decoder entries of ViT checkpoints
-
-
-def load_pretrained_encoder(model: SeqTrack, path: str | Path) -> None:
-    """Load MAE or timm ViT weights (a local file) into model.encoder.body.
-
-    As official vit.py load_pretrained: the cls token is dropped, and the square position
-    grid (cls entry removed) is resampled bicubically to the search grid and to the template
-    grid, which are concatenated into the encoder's [search | template] table.
-    """
-    source = f"pretrained encoder {str(path)!r}"
-    state = _state_dict_of(read_checkpoint(path), source)
-    state = {k.removeprefix("encoder.body."): v for k, v in state.items()
-             if not k.startswith(_NOT_ENCODER)}
-    vit = model.encoder.body
-    pe = state.get("pos_embed")
-    if pe is not None and pe.shape != vit.pos_embed.shape:
-        if pe.ndim != 3 or pe.shape[0] != 1:
-            raise CheckpointError(f"{source}: pos_embed has shape {tuple(pe.shape)}, want (1, N, C)")
-        n = pe.shape[1]
-        if math.isqrt(n - 1) ** 2 == n - 1:
-            pe = pe[:, 1:]  # drop the cls token's entry
-        elif math.isqrt(n) ** 2 != n:
-            raise CheckpointError(f"{source}: {n} position embeddings are not a square grid")
-        state["pos_embed"] = torch.cat([resize_pos_embed(pe, vit.side_x),
-                                        resize_pos_embed(pe, vit.side_z)], dim=1)
-    _load_strict(vit, state, source)
-
-
-def official_key_shapes(path: Path = OFFICIAL_KEYS) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the official B256 state dict, from official_keys.txt."""
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape = line.split()
-            out[name] = tuple(int(s) for s in shape.split("x"))
-    return out

@@ -6,9 +6,9 @@ Which checkpoint:
   best = the epoch with the highest `epoch/val_iou` (the run's metric; if the run has none,
   the `metrics` history stored in its last checkpoint); ties go to the earliest epoch.
 - `--checkpoint PATH`: a checkpoint file (its `epoch` is reported).
-- neither: the newest FINISHED training run (with checkpoints) of the Default experiment.
-The model is rebuilt from the checkpoint's own `config` (model section and the crop factors
-it was trained with); the data flags (`--data`, `--classes`, `--data-dir`) choose the test
+- neither: the newest FINISHED training run (with checkpoints) of the active experiment.
+The checkpoint is verified against its run's manifest. The model is rebuilt from the
+checkpoint's own `config` (model section and the crop factors it was trained with); the data flags (`--data`, `--classes`, `--data-dir`) choose the test
 sequences, as for training; `--device` chooses where to run.
 
 Where results go:
@@ -30,7 +30,7 @@ decoding excluded), overall over all frames of all sequences.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,19 +40,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from seqtrack_mlflow import tracking
-from seqtrack_mlflow.config import Config, ModelConfig
+from seqtrack_mlflow import experiment, names
+from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
+from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.model.load import model_from_checkpoint
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
 from seqtrack_mlflow.track.tracker import SeqTrackTracker, SequenceResult, TrackerConfig, run_sequence
-from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint, sha256_file
+from seqtrack_mlflow.train.checkpoint import MANIFEST, checkpoint_name, load_checkpoint
+from seqtrack_mlflow.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-VAL_IOU = "epoch/val_iou"  # the trainer's per-epoch validation metric (step = epoch)
+VAL_IOU = names.VAL_IOU
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def _history_points(state: dict[str, Any]) -> list[tuple[int, float]]:
             if isinstance(h, dict) and "val_iou" in h]
 
 
-def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path) -> CheckpointChoice:
+def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
+                      experiment_name: str = "") -> CheckpointChoice:
     """Resolve the flags to a local checkpoint file (downloaded into dest for a run)."""
     if run_id and checkpoint:
         raise ConfigError("give either --run-id or --checkpoint, not both")
@@ -101,13 +104,20 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path)
             raise CheckpointError(f"checkpoint {path} does not exist")
         return CheckpointChoice(path, epoch=-1, reason="file")
     spec = parse_epoch(epoch_spec)
-    run_id = run_id or tracking.latest_run_with_checkpoints()
-    epochs = tracking.checkpoint_epochs(run_id)  # TrackingError if the run does not exist
+    if run_id:
+        experiment.training_run(run_id, experiment_name)  # exists, is a training run, right experiment
+    else:
+        run_id = experiment.latest_training_run(experiment_name)
+    epochs = experiment.checkpoint_epochs(run_id)
     if not epochs:
         raise TrackingError(f"run {run_id} has no checkpoints/epoch_N.ckpt artifacts")
 
     def fetch(epoch: int) -> Path:
-        local = tracking.download_artifacts(run_id, f"checkpoints/{checkpoint_name(epoch)}", dest)
+        """The checkpoint and the run's manifest, so the file is verified before it is used
+        (a run without a manifest gives an unverified checkpoint, with a warning)."""
+        with contextlib.suppress(TrackingError):
+            experiment.download_artifacts(run_id, f"{names.CHECKPOINTS}/{MANIFEST}", dest)
+        local = experiment.download_artifacts(run_id, f"{names.CHECKPOINTS}/{checkpoint_name(epoch)}", dest)
         return local if local.is_file() else local / checkpoint_name(epoch)
 
     if isinstance(spec, int):
@@ -117,7 +127,7 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path)
         return CheckpointChoice(fetch(spec), spec, run_id, "asked")
     if spec == "last":
         return CheckpointChoice(fetch(epochs[-1]), epochs[-1], run_id, "last")
-    best = best_epoch(tracking.metric_points(run_id, VAL_IOU), epochs)
+    best = best_epoch(experiment.metric_points(run_id, VAL_IOU), epochs)
     if best is None:  # no metric in the run: the history saved in the last checkpoint
         last_path = fetch(epochs[-1])
         best = best_epoch(_history_points(load_checkpoint(last_path)), epochs)
@@ -125,35 +135,6 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path)
             raise TrackingError(f"run {run_id} has no {VAL_IOU} metric (and its last checkpoint "
                                 "no val_iou history) to pick the best epoch; pass --epoch N or last")
     return CheckpointChoice(fetch(best[0]), best[0], run_id, f"best {VAL_IOU}={best[1]:.4f}")
-
-
-def model_from_checkpoint(state: dict[str, Any], path: Path, device: torch.device):
-    """Rebuild the SeqTrack of a checkpoint from its stored config; (model, ModelConfig, data dict)."""
-    from seqtrack_mlflow.model import build_seqtrack
-
-    config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise CheckpointError(f"checkpoint {path} has no config.model section; cannot rebuild the model")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(config["model"]) - known)
-    if unknown:
-        log.warning("checkpoint %s: ignoring unknown model keys %s", path, unknown)
-    values = {k: v for k, v in config["model"].items() if k in known}
-    values["pretrained"] = ""  # the weights come from the checkpoint
-    try:
-        model_cfg = ModelConfig(**values)
-        model = build_seqtrack(model_cfg)
-        model.load_state_dict(state["model_state_dict"], strict=True)
-    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path}: weights do not fit its model config: {first}") from None
-    return model.to(device).eval(), model_cfg, dict(config.get("data") or {})
-
-
-def resolve_device(name: str) -> torch.device:
-    from seqtrack_mlflow.train.trainer import resolve_device as _resolve
-
-    return _resolve(name)
 
 
 def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict[str, Any]:
@@ -176,20 +157,21 @@ def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict
     return {"overall": summary, "sequences": per_seq, "curves": curves, "overall_curves": overall}
 
 
-def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best") -> dict[str, Any]:
+def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
+             experiment_name: str = "") -> dict[str, Any]:
     """Evaluate one checkpoint on the test sequences; returns the metrics.json content."""
     device = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory(prefix="seqtrack-eval-") as tmp:
-        choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp))
+        choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp), experiment_name)
         state = load_checkpoint(choice.path)
-        model, model_cfg, trained_data = model_from_checkpoint(state, choice.path, device)
+        model, trained = model_from_checkpoint(state, f"checkpoint {choice.path}")
+        model = model.to(device)
         digest = sha256_file(choice.path)
-    ckpt_epoch = int(state.get("epoch", choice.epoch))
+    ckpt_epoch = int(state["epoch"])
     tcfg = TrackerConfig(
-        template_factor=float(trained_data.get("template_factor", cfg.data.template_factor)),
-        template_size=model_cfg.template_size,
-        search_factor=float(trained_data.get("search_factor", cfg.data.search_factor)),
-        search_size=model_cfg.search_size, num_templates=model_cfg.num_templates)
+        template_factor=trained.data.template_factor, template_size=trained.model.template_size,
+        search_factor=trained.data.search_factor, search_size=trained.model.search_size,
+        num_templates=trained.model.num_templates)
     key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
     key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
     out = Path(cfg.train.output_dir) / "evaluation" / key
@@ -205,28 +187,27 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     tags = {"seqtrack.evaluated_run": choice.run_id, "seqtrack.epoch": ckpt_epoch,
             "seqtrack.checkpoint_sha256": digest}
     run_name = f"eval-epoch{ckpt_epoch}" if choice.run_id else f"eval-{choice.path.stem}"
-    with tracking.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
-        run.log_params({"checkpoint": (f"runs:/{choice.run_id}/checkpoints/{checkpoint_name(ckpt_epoch)}"
-                                       if choice.run_id else str(choice.path)),
-                        "epoch": ckpt_epoch, "epoch_choice": choice.reason,
+    with experiment.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
+        # Namespaced: `mlflow run -e evaluate` has logged the -P values (checkpoint, epoch, ...)
+        # under their bare names already, and MLflow params cannot change.
+        run.log_params({"eval.checkpoint": (f"runs:/{choice.run_id}/checkpoints/{checkpoint_name(ckpt_epoch)}"
+                                            if choice.run_id else str(choice.path)),
+                        "eval.epoch": ckpt_epoch, "eval.epoch_choice": choice.reason,
                         "data.source": cfg.data.source, "data.classes": ",".join(cfg.data.classes),
-                        "sequences": ",".join(s.name for s in sequences), "device": str(device),
+                        "eval.sequences": ",".join(s.name for s in sequences), "resolved_device": str(device),
                         **{f"tracker.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
         tracker = SeqTrackTracker(model, tcfg, device)
         results = [run_sequence(tracker, seq, out / "results") for seq in sequences]
         report = score_sequences(results, sequences)
         write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences[0], results[0])
         step = max(ckpt_epoch, 0)
-        metrics = {f"eval/{k}": v for k, v in report["overall"].items() if k in _LOGGED}
+        metrics = {f"{names.EVAL_PREFIX}{k}": v for k, v in report["overall"].items() if k in names.EVAL_METRICS}
         for name, s in report["sequences"].items():
-            metrics.update({f"eval/{name}/{k}": v for k, v in s.items() if k in _LOGGED})
+            metrics.update({f"{names.EVAL_PREFIX}{name}/{k}": v for k, v in s.items() if k in names.EVAL_METRICS})
         run.log_metrics(metrics, step=step)
         run.log_artifacts(out, "evaluation")
         report["mlflow_run_id"] = run.run_id
     return report
-
-
-_LOGGED = ("auc", "precision", "norm_precision", "mean_iou", "fps")
 
 
 def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, epoch: int,
@@ -260,20 +241,3 @@ def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, e
     save_plots(out, overall, report["curves"])
     write_tracking_gif(out / f"{gif_seq.name}.gif", lambda i: read_frame(gif_seq.frame_path(i)),
                        gif_seq.boxes, gif_result.boxes, gif_seq.visible)
-
-
-def cli_evaluate(args: argparse.Namespace) -> int:
-    from seqtrack_mlflow.cli import config_from_args
-
-    cfg = config_from_args(args)
-    report = evaluate(cfg, run_id=args.run_id.strip(), checkpoint=args.checkpoint.strip(),
-                      epoch=args.epoch)
-    o = report["overall"]
-    for name, s in report["sequences"].items():
-        cached = "  (results read back)" if s["skipped"] else ""
-        print(f"{name:>16}: AUC {100 * s['auc']:5.1f}  P {100 * s['precision']:5.1f}  "
-              f"Pnorm {100 * s['norm_precision']:5.1f}  {s['fps']:7.1f} fps{cached}")
-    print(f"{'overall':>16}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
-          f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  "
-          f"({o['sequences']} sequences, {o['frames']} frames; MLflow run {report['mlflow_run_id']})")
-    return 0

@@ -1,116 +1,264 @@
-"""Epoch checkpoints: plain data, written atomically, loaded without executing code.
+"""Everything about checkpoint files: names, the manifest, the atomic write, the one safe load.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so
 `torch.load(..., weights_only=True)` always works and a file from a stranger cannot run code.
-Keys (the spec's four first):
+Keys (the assignment's four first):
     model_state_dict, optimizer_state_dict, epoch, seed,
     scheduler_state_dict, rng (python / numpy / torch / cuda states), config (resolved, nested),
     metrics (per-epoch history up to this epoch), progress (global sample count, elapsed
-    seconds), versions (torch, numpy, mlflow, seqtrack_mlflow), format (CHECKPOINT_FORMAT).
+    seconds), versions, run_id, format (CHECKPOINT_FORMAT).
 
-Writes go to a temporary file in the same folder, are fsynced, then renamed over the target:
-a crash leaves either the complete old file, the complete new one, or no file, never a torn
-one (POSIX rename is atomic within a file system). A kill -9 may leave the temporary
-`.epoch_N.ckpt.XXXX.tmp` behind: nothing reads such names, and resume removes them. A failed
-write (disk full, read-only folder) raises StorageError naming the file and the reason.
+Files are written with `fsutil.atomic_write`: complete or absent, whatever stops the process.
+`manifest.json` beside them lists each file's epoch, size and sha256; wherever a manifest
+exists, a checkpoint is verified against it before it is used, and a file it does not match is
+refused. A checkpoint with no manifest beside it loads with a warning that it is unverified.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import collections
+import json
+import logging
 import pickle
-import tempfile
+import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
-from seqtrack_mlflow.errors import CheckpointError, StorageError, describe_os_error
+from seqtrack_mlflow.errors import CheckpointError, StorageError
+from seqtrack_mlflow.fsutil import atomic_write, remove_temp_files, sha256_file
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "seqtrack-mlflow/1"
 REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "epoch", "seed")
+MANIFEST = "manifest.json"
+_NAME_RE = re.compile(r"epoch_([1-9]\d*)\.ckpt")
 
 
+# -- names ---------------------------------------------------------------------------------------
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch}.ckpt"
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Atomically write `state` to `path` (temp file + fsync + rename + fsync of the folder)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise StorageError(f"checkpoint not saved: {describe_os_error(exc, path=path)}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        # torch.save reports a failed write (e.g. ENOSPC) as a RuntimeError whose context is
-        # the OSError: name the file and the system's reason in one line.
-        cause = exc if isinstance(exc, OSError) else exc.__context__
-        if isinstance(cause, OSError) and isinstance(exc, (OSError, RuntimeError)):
-            raise StorageError(f"checkpoint not saved: {describe_os_error(cause, path=path)}; "
-                               f"earlier checkpoints are untouched") from exc
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
+def checkpoint_epoch(name: str) -> int | None:
+    """N of 'epoch_N.ckpt' (a bare name or a path), None for any other file name."""
+    match = _NAME_RE.fullmatch(Path(name).name)
+    return int(match.group(1)) if match else None
 
 
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete what a killed `save_checkpoint` (or manifest write) left in folder: temporary
-    `.epoch_N.ckpt.XXXX.tmp` / `manifest.json.tmp` files, never complete checkpoints. Call
-    it only when no process is writing there (resume does, for the run it takes over)."""
+def checkpoint_epochs(names: list[str]) -> list[int]:
+    """The epochs of the checkpoint files among these names, ascending."""
+    return sorted(e for e in map(checkpoint_epoch, names) if e is not None)
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete epoch_N.ckpt files in a folder, by epoch."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if p.is_file() and (
-        (p.name.startswith(".epoch_") and p.name.endswith(".tmp")) or p.name == "manifest.json.tmp")]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+    return [folder / checkpoint_name(e) for e in checkpoint_epochs([p.name for p in folder.iterdir()])]
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only=True) or raise CheckpointError saying why."""
+# -- writing -------------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write `state` to `path`."""
+    try:
+        return atomic_write(path, lambda f: torch.save(state, f))
+    except StorageError as exc:
+        raise StorageError(f"checkpoint {exc}; earlier checkpoints are untouched") from exc
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """What killed checkpoint or manifest writes left in folder (never complete files)."""
+    return remove_temp_files(folder, ("epoch_", MANIFEST))
+
+
+class Manifest:
+    """manifest.json of a checkpoint folder: {"checkpoints": [{file, epoch, sha256, bytes}]}."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.entries: dict[int, dict[str, Any]] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.folder / MANIFEST
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "Manifest | None":
+        """The manifest of a folder, None when it has none; CheckpointError if unreadable."""
+        manifest = cls(folder)
+        if not manifest.path.is_file():
+            return None
+        try:
+            doc = json.loads(manifest.path.read_text(encoding="utf-8"))
+            entries = doc["checkpoints"]
+            manifest.entries = {int(e["epoch"]): {"file": str(e["file"]), "epoch": int(e["epoch"]),
+                                                  "sha256": str(e["sha256"]), "bytes": int(e["bytes"])}
+                                for e in entries}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{manifest.path} is not a checkpoint manifest ({type(exc).__name__}: "
+                                  f"{exc}); checkpoints beside it cannot be verified") from None
+        return manifest
+
+    def add(self, path: Path, epoch: int) -> None:
+        """Record a complete checkpoint file and rewrite manifest.json atomically."""
+        self.entries[epoch] = {"file": path.name, "epoch": epoch, "sha256": sha256_file(path),
+                               "bytes": path.stat().st_size}
+        doc = {"checkpoints": [self.entries[e] for e in sorted(self.entries)]}
+        atomic_write(self.path, json.dumps(doc, indent=2) + "\n")
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.entries[e] for e in sorted(self.entries)]
+
+    def verify(self, path: Path) -> None:
+        """CheckpointError unless `path` is listed here with the same sha256."""
+        entry = next((e for e in self.entries.values() if e["file"] == path.name), None)
+        if entry is None:
+            raise CheckpointError(f"checkpoint {path} is not listed in {self.path}; refusing an "
+                                  "unlisted file")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise CheckpointError(f"checkpoint {path} does not match {self.path} (sha256 {actual[:12]}... "
+                                  f"vs {entry['sha256'][:12]}... listed): the file is corrupt or was "
+                                  "changed; refusing it")
+
+
+def verify_checkpoint(path: str | Path) -> bool:
+    """Check a checkpoint against the manifest beside it: True if verified, False (with a
+    warning) when there is no manifest; CheckpointError on a mismatch."""
     path = Path(path)
+    manifest = Manifest.read(path.parent)
+    if manifest is None:
+        log.warning("checkpoint %s has no %s beside it: it is loaded unverified", path, MANIFEST)
+        return False
+    manifest.verify(path)
+    return True
+
+
+# -- reading -------------------------------------------------------------------------------------
+class _OfficialRecord:
+    """Inert stand-in for the official trainer's bookkeeping objects in a .pth.tar
+    (Settings, AverageMeter, ...): keeps their plain-data state and runs none of their code."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_OfficialRecord":
+        return super().__new__(cls)
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+# Globals an official SEQTRACK_ep*.pth.tar may hold besides tensors (lib/train/trainers/
+# base_trainer.py save_checkpoint stores 'stats' and 'settings' objects). Only these exact
+# names are let through, each as an inert stand-in; anything else is refused.
+_OFFICIAL_GLOBALS: dict[str, Any] = {
+    "lib.train.admin.settings.Settings": _OfficialRecord,
+    "lib.train.admin.stats.AverageMeter": _OfficialRecord,
+    "lib.train.admin.stats.StatValue": _OfficialRecord,
+    "lib.train.admin.local.EnvironmentSettings": _OfficialRecord,
+    "argparse.Namespace": _OfficialRecord,
+    "easydict.EasyDict": collections.OrderedDict,  # a dict subclass: keep keys and attributes
+}
+# What a torch.load of a damaged or foreign file raises (an unpickler fed garbage can raise
+# almost anything: IndexError and KeyError were seen on /etc/passwd).
+_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError,
+                TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """torch.load(weights_only=True) with every failure turned into one CheckpointError line.
+
+    If the safe loader refuses the file only because of the official trainer's bookkeeping
+    objects, they are read as inert records (never executed); any other global is refused.
+    Never retry with weights_only=False.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refusal = exc
+    except _LOAD_ERRORS as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (*_LOAD_ERRORS, pickle.UnpicklingError):
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
+                              f"({_first_line(refusal)})") from None
+    unknown = sorted(set(names) - set(_OFFICIAL_GLOBALS))
+    if not names or unknown:
+        detail = f"unknown object types {unknown}" if unknown else _first_line(refusal)
+        raise CheckpointError(f"checkpoint {str(path)!r} holds objects that are not plain data and was "
+                              f"refused (it could execute code): {detail}") from None
+    try:
+        with torch.serialization.safe_globals([(_OFFICIAL_GLOBALS[n], n) for n in names]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (*_LOAD_ERRORS, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: {_first_line(exc)}") from None
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """A checkpoint of this project: verified against its manifest (when one is beside it),
+    loaded safely, and checked to hold what training needs; CheckpointError says what is wrong."""
+    path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses any global that is not a plain tensor/container: e.g. a pickle
-        # that would call os.system. Never retry with weights_only=False.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} holds objects that are not plain data and was "
-                              f"refused (it could execute code): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint: "
-                              f"{first}") from None
+    if verify:
+        verify_checkpoint(path)
+    state = read_torch_file(path)
+    check_state(state, path)
+    return state
+
+
+def check_state(state: Any, path: Path | str) -> None:
+    """The structure of a project checkpoint, so a bad file stops with one line, not a traceback."""
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is not a seqtrack-mlflow checkpoint: "
                               f"missing {', '.join(missing)}")
-    return state
+    epoch = state["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointError(f"checkpoint {path}: epoch is {epoch!r}, not a whole number >= 0")
+    state_dict_of(state["model_state_dict"], f"checkpoint {path} model_state_dict")
+    if not isinstance(state["optimizer_state_dict"], dict):
+        raise CheckpointError(f"checkpoint {path}: optimizer_state_dict is a "
+                              f"{type(state['optimizer_state_dict']).__name__}, not a dict")
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def check_resumable(state: dict[str, Any], path: Path | str) -> None:
+    """What a resume needs beyond the weights: format, config, RNG states, progress."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"resume: {path} has format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    for key, kind in (("config", dict), ("rng", dict), ("progress", dict), ("metrics", list),
+                      ("scheduler_state_dict", dict)):
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"resume: {path} has no usable {key!r} ({kind.__name__} expected); "
+                                  "it cannot be resumed exactly")
+
+
+def state_dict_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded object (official checkpoints keep it under 'net')."""
+    if isinstance(obj, Mapping):
+        for key in ("net", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source} holds no state dict (want a mapping of tensors, or one under 'net')")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source} is not a state dict: entries {bad[:3]} are not tensors")
+    # Checkpoints saved from a DistributedDataParallel wrapper prefix every name with 'module.'.
+    return {k.removeprefix("module."): v for k, v in obj.items()}

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import math
 import platform
-import shlex
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # a Figure object: no global backend, never a window
 
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from seqtrack_mlflow.config import Config  # noqa: E402
-from seqtrack_mlflow.data.summary import COUNT_KEYS  # noqa: E402
-from seqtrack_mlflow.train.progress import hms  # noqa: E402
+from seqtrack_mlflow import names, provenance
+from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.data.summary import COUNT_KEYS
+from seqtrack_mlflow.train.progress import hms
 
 
-def reproduce_command(cfg: Config) -> str:
-    """The `mlflow run` line that trains this exact config again."""
-    params = {"epochs": cfg.train.epochs, "seed": cfg.seed, "batch_size": cfg.train.batch_size,
-              "workers": cfg.train.workers, "patch_size": cfg.model.patch_size,
-              "classes": ",".join(cfg.data.classes), "data": cfg.data.source,
-              "samples_per_epoch": cfg.data.samples_per_epoch, "device": cfg.train.device,
-              "precision": cfg.train.precision}
-    return "mlflow run . " + " ".join(f"-P {k}={shlex.quote(str(v))}" for k, v in params.items())
+def reproduce_commands(run_id: str) -> list[str]:
+    """Commands that train this run's exact config again: its logged config.yaml replayed."""
+    return [f"mlflow artifacts download -r {run_id} -a {names.CONFIG_FILE} -d reproduce-{run_id[:8]}",
+            f"python -m seqtrack_mlflow train --config reproduce-{run_id[:8]}/{names.CONFIG_FILE}",
+            f"# or: mlflow run . --env-manager local -P config=reproduce-{run_id[:8]}/{names.CONFIG_FILE}"]
 
 
 def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]],
@@ -79,35 +73,42 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         lines.append(f"| checkpoints/{m['file']} | {m['bytes']} | `{m['sha256']}` |")
     lines += ["", "Each holds model_state_dict, optimizer_state_dict, epoch and seed (plus scheduler, "
               "RNG states, config and metrics); load with `torch.load(path, weights_only=True)`.",
-              "", "## Reproduce", "", "```bash", reproduce_command(cfg), "```", ""]
+              "", "## Reproduce", "",
+              f"Code: git commit `{provenance.git_commit()}`; data: {summary.get('source', cfg.data.source)}"
+              + (f" (revision `{summary['revision']}`)" if summary.get("revision") else "") + ". "
+              "The config below is the complete resolved config of this run (`config.yaml`); on the same "
+              "machine type, torch build and thread count the results are bit-identical.", "",
+              "```bash", *reproduce_commands(run_id), "```", ""]
     return "\n".join(lines)
 
 
-def plot_curves(blocks: dict[str, list[tuple[int, float]]], history: list[dict[str, float]],
-                folder: Path, no_motion_iou: float) -> list[Path]:
-    """loss.png (per-block and per-epoch train loss) and iou.png (train and validation IoU,
-    with the no-motion baseline of the validation samples as a dashed line)."""
+def save_plots(blocks: dict[str, list[tuple[int, float]]], history: list[dict[str, float]],
+               folder: Path, no_motion_iou: float) -> list[Path]:
+    """loss.png (per-block and per-epoch train loss) and iou.png (teacher-forced train IoU per
+    block; validation IoU per epoch with the no-motion baseline of the validation samples as a
+    dashed line), drawn from the values the trainer holds in memory."""
     folder.mkdir(parents=True, exist_ok=True)
     epochs = list(range(1, len(history) + 1))
     paths = []
-    for name, block_key, epoch_keys, ylabel in (
-            ("loss.png", "train/loss", ["train_loss"], "cross-entropy loss"),
-            ("iou.png", "train/iou", ["val_iou"], "IoU")):
-        fig, (ax_block, ax_epoch) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, block_key, block_title, epoch_key, ylabel in (
+            ("loss.png", names.TRAIN_LOSS, "train/loss (every progress block)", "train_loss",
+             "cross-entropy loss"),
+            ("iou.png", names.TRAIN_IOU, "train/iou, teacher-forced (every progress block)", "val_iou", "IoU")):
+        fig = Figure(figsize=(10, 3.8))
+        ax_block, ax_epoch = fig.subplots(1, 2)
         steps, values = zip(*blocks[block_key]) if blocks.get(block_key) else ((), ())
         ax_block.plot(steps, values, lw=1)
-        ax_block.set(xlabel="training samples", ylabel=ylabel, title=f"{block_key} (every progress block)")
-        for key in epoch_keys:
-            ax_epoch.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        ax_block.set(xlabel="training samples", ylabel=ylabel, title=block_title)
+        ax_epoch.plot(epochs, [h[epoch_key] for h in history], marker="o", label=epoch_key)
         if name == "iou.png" and math.isfinite(no_motion_iou):
             ax_epoch.axhline(no_motion_iou, color="gray", ls="--", label="no-motion baseline")
         ax_epoch.set(xlabel="epoch", ylabel=ylabel, title="per epoch")
         ax_epoch.set_xticks(epochs)
-        ax_epoch.legend()
+        # Outside the axes, so the legend never hides a curve or the baseline.
+        ax_epoch.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
         for ax in (ax_block, ax_epoch):
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
         paths.append(folder / name)
     return paths

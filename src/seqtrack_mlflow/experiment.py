@@ -1,0 +1,403 @@
+"""Every MLflow call of the project lives here; model, data, trainer and tracker code never
+import mlflow. (Named `experiment`, not `tracking`: in a tracking project that word is taken.)
+
+- `TrainingRun` / `EvaluationRun`: one MLflow run each, always closed with FINISHED, FAILED or
+  KILLED; `NullRun`: what data-parallel ranks other than 0 hold (same methods, no effect).
+- Lookups: `experiment_id` (the active experiment: --experiment-name, MLFLOW_EXPERIMENT_NAME,
+  MLFLOW_EXPERIMENT_ID, else Default), `training_run` / `latest_training_run` (only runs tagged
+  as training runs are candidates), `checkpoint_epochs`, `metric_points`, `download_artifacts`.
+Under `mlflow run`, the child process gets MLFLOW_RUN_ID and `mlflow.start_run()` attaches to
+that run; run by hand, a new run is created in the active experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import mlflow
+from mlflow.entities import Metric, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from seqtrack_mlflow import names
+from seqtrack_mlflow.errors import TrackingError
+from seqtrack_mlflow.train.checkpoint import checkpoint_epochs as _epochs_of, checkpoint_name
+
+log = logging.getLogger(__name__)
+
+# Params longer than this are cut by MLflow's store; list-valued configs are joined instead.
+_PARAM_LIMIT = 6000
+# Metrics are flushed at most this often (seconds) or when this many are buffered.
+_FLUSH_SECONDS = 5.0
+_FLUSH_COUNT = 200
+
+_CLIENTS: dict[str, MlflowClient] = {}
+
+
+def client() -> MlflowClient:
+    """The one MlflowClient of the current tracking URI (tests switch URIs between runs)."""
+    uri = mlflow.get_tracking_uri()
+    if uri not in _CLIENTS:
+        _CLIENTS[uri] = MlflowClient(uri)
+    return _CLIENTS[uri]
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def mlflow_version() -> str:
+    return mlflow.__version__
+
+
+@contextlib.contextmanager
+def tracking_errors(action: str) -> Iterator[None]:
+    """A tracking store that cannot be reached (server down, network) or refuses a write: one
+    TrackingError line naming the store and what was being done, instead of a traceback."""
+    try:
+        yield
+    except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        raise TrackingError(f"MLflow tracking at {mlflow.get_tracking_uri()} failed while {action}: "
+                            f"{text}") from exc
+
+
+def prepare_store() -> None:
+    """Create (and migrate) a local sqlite store under a file lock beside it.
+
+    Two processes opening a brand-new sqlite store race in MLflow's schema creation (alembic
+    CommandError); the lock makes the first create it and the second find it done."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
+    with tracking_errors("preparing the sqlite store"):
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client().search_experiments(max_results=1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def experiment_id(name: str = "") -> str:
+    """The experiment runs go to and lookups search: `name` if given (it must exist), else
+    MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else Default."""
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+    with tracking_errors("looking up the experiment"):
+        if name:
+            exp = client().get_experiment_by_name(name)
+            if exp is None:
+                raise TrackingError(f"experiment {name!r} not found in {mlflow.get_tracking_uri()}")
+            return exp.experiment_id
+        exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
+        if exp_id:
+            try:
+                return client().get_experiment(exp_id).experiment_id
+            except MlflowException:
+                raise TrackingError(f"experiment id {exp_id!r} (MLFLOW_EXPERIMENT_ID) not found in "
+                                    f"{mlflow.get_tracking_uri()}") from None
+        exp = client().get_experiment_by_name("Default")
+        return exp.experiment_id if exp is not None else "0"
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    text = str(value)
+    return text if len(text) <= _PARAM_LIMIT else text[:_PARAM_LIMIT]
+
+
+class TrainingRun:
+    """One MLflow run of the trainer, opened by `start()` and always closed by `end(status)`.
+    Metrics are buffered and sent asynchronously in batches: training never waits on them."""
+
+    def __init__(self, run_name: str, experiment: str = "", kind: str = "train"):
+        self.run_name, self.experiment, self.kind = run_name, experiment, kind
+        self.run_id: str = ""
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._pending: list[Any] = []  # async operations still in flight
+
+    def start(self, tags: dict[str, Any] | None = None) -> "TrainingRun":
+        prepare_store()
+        exp_id = experiment_id(self.experiment)
+        with tracking_errors("starting a run"):
+            attach = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the project's run
+            run = mlflow.start_run(run_name=self.run_name, experiment_id=None if attach else exp_id,
+                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}})
+        self.run_id = run.info.run_id
+        return self
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Flush metrics, record the error (if any) as a tag, close the run with `status`.
+
+        Closing a failed or killed run never hides the error that ended it: if the store cannot
+        be reached then, a warning says so (the run may stay RUNNING there)."""
+        try:
+            with tracking_errors(f"closing run {self.run_id} as {status}"):
+                try:
+                    self.flush(wait=True)
+                    if error:
+                        client().set_tag(self.run_id, names.ERROR_TAG, error[:5000])
+                finally:
+                    mlflow.end_run(status=status)
+        except TrackingError as exc:
+            if status == "FINISHED":
+                raise
+            log.warning("%s; the run may still show as RUNNING there", exc)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log params; one that the run already has (`mlflow run` logs its -P values, "" for a
+        -P left out) is skipped when equal, else logged as resolved_<name>: params are immutable."""
+        with tracking_errors("logging params"):
+            existing = client().get_run(self.run_id).data.params
+            values = {}
+            for key, value in params.items():
+                text = _param_value(value)
+                if key not in existing:
+                    values[key] = text
+                elif existing[key] != text:
+                    values[f"resolved_{key}"] = text
+            mlflow.log_params(values)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        with tracking_errors("setting tags"):
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training") -> None:
+        """Log a `datasets.Dataset` (the frame index) as the run's input, with its digest."""
+        with tracking_errors("logging the dataset input"):
+            dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name)
+            mlflow.log_input(dataset, context=context)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffer metrics; they are sent in batches, asynchronously, so training never waits."""
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        if len(self._buffer) >= _FLUSH_COUNT or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self, wait: bool = False) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]  # MLflow batch limit
+            self._pending.append(client().log_batch(self.run_id, metrics=chunk, synchronous=False))
+        self._last_flush = time.monotonic()
+        if wait:
+            pending, self._pending = self._pending, []
+            with tracking_errors("logging metrics"):
+                for operation in pending:
+                    if operation is not None:
+                        operation.wait()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        with tracking_errors(f"logging artifact {Path(path).name} (the local copy {path} is kept)"):
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def store_once(self, path: Path, artifact_path: str) -> None:
+        """After `log_artifact(path, artifact_path)`: keep the bytes once. On a local artifact
+        store the local file becomes a hard link to the logged copy; on a remote store the
+        local copy is removed (the store holds it, and resume downloads it from there)."""
+        uri = mlflow.get_artifact_uri(f"{artifact_path}/{path.name}")
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            path.unlink()
+            return
+        stored = Path(urllib.parse.unquote(parsed.path))
+        tmp = path.with_name(f".{path.name}.link.tmp")
+        try:
+            os.link(stored, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # another file system, or links not supported: keep both copies
+            tmp.unlink(missing_ok=True)
+            log.debug("keeping a separate local copy of %s: %s", path, exc)
+
+    def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
+        """Copy metric points with step <= max_step from another run (used on resume)."""
+        with tracking_errors(f"copying metrics of run {source_run_id}"):
+            points = [m for key in keys for m in client().get_metric_history(source_run_id, key)
+                      if m.step <= max_step]
+            for i in range(0, len(points), 1000):
+                client().log_batch(self.run_id, metrics=points[i:i + 1000])
+        return len(points)
+
+
+class NullRun:
+    """What data-parallel ranks other than 0 hold instead of a run: the same methods, no effect."""
+
+    run_id = ""
+
+    def end(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training") -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self, wait: bool = False) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def store_once(self, path: Path, artifact_path: str) -> None: ...
+    def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
+        return 0
+
+
+class EvaluationRun:
+    """The MLflow run of one evaluation: `with EvaluationRun(...) as run:` ends it FINISHED,
+    or FAILED (and re-raises) on an exception. Nested under the training run when there is one."""
+
+    def __init__(self, run_name: str, parent_run_id: str = "", tags: dict[str, Any] | None = None):
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.tags = {names.KIND_TAG: "evaluate", **{k: str(v) for k, v in (tags or {}).items()}}
+        self.run_id = ""
+
+    def __enter__(self) -> "EvaluationRun":
+        prepare_store()
+        tags = dict(self.tags)
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id  # what nested=True would set
+        with tracking_errors("starting the evaluation run"):
+            if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run
+                run = mlflow.start_run(run_name=self.run_name, tags=tags)
+            else:
+                exp_id = (find_run(self.parent_run_id).info.experiment_id if self.parent_run_id
+                          else experiment_id())
+                run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=tags)
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            with contextlib.suppress(MlflowException, OSError):
+                mlflow.set_tag(names.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status="FINISHED" if exc is None else "FAILED")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str = names.EVALUATION) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def tool_run(kind: str, run_name: str) -> Iterator[str]:
+    """A run for a step that is not training or evaluation (mirror, download), so that under
+    `mlflow run` the project's run is tagged with its kind and closed properly. Run by hand
+    (no MLFLOW_RUN_ID), no run is made: yields ''."""
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        yield ""
+        return
+    with tracking_errors(f"starting the {kind} run"):
+        run = mlflow.start_run(run_name=run_name, tags={names.KIND_TAG: kind})
+    try:
+        yield run.info.run_id
+    except BaseException as exc:
+        with contextlib.suppress(MlflowException, OSError):
+            mlflow.set_tag(names.ERROR_TAG, f"{type(exc).__name__}: {exc}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+# -- reading runs back -------------------------------------------------------------------------
+def find_run(run_id: str):
+    """The MLflow run with this id, or TrackingError with a clear message."""
+    try:
+        return client().get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"no MLflow run with id {run_id!r} in tracking store "
+                            f"{mlflow.get_tracking_uri()}") from None
+
+
+def training_run(run_id: str, experiment: str = ""):
+    """A training run by id: TrackingError if it is missing, of another kind, or (when an
+    experiment is named) in another experiment."""
+    run = find_run(run_id)
+    kind = run.data.tags.get(names.KIND_TAG, "")
+    if kind != "train":
+        raise TrackingError(f"run {run_id} is a {kind or 'untagged'} run, not a training run "
+                            f"(tag {names.KIND_TAG}=train); pass a training run's id")
+    if experiment:
+        wanted = experiment_id(experiment)
+        if run.info.experiment_id != wanted:
+            raise TrackingError(f"run {run_id} belongs to experiment id {run.info.experiment_id}, "
+                                f"not to {experiment!r}")
+    return run
+
+
+def latest_training_run(experiment: str = "") -> str:
+    """The id of the newest FINISHED training run that has checkpoints, in the active experiment
+    (the default of mirror, evaluate, fetch-hub and download)."""
+    exp_id = experiment_id(experiment)
+    with tracking_errors("searching runs"):
+        runs = client().search_runs(
+            [exp_id], filter_string=f"attributes.status = 'FINISHED' and tags.`{names.KIND_TAG}` = 'train'",
+            order_by=["attributes.start_time DESC"], max_results=50)
+    for run in runs:
+        if checkpoint_epochs(run.info.run_id):
+            return run.info.run_id
+    exp = client().get_experiment(exp_id)
+    raise TrackingError(f"experiment {exp.name!r} has no FINISHED training run with checkpoints; "
+                        "pass a run id")
+
+
+def checkpoint_epochs(run_id: str) -> list[int]:
+    """Epochs N of the run's `checkpoints/epoch_N.ckpt` artifacts, ascending."""
+    find_run(run_id)
+    with tracking_errors(f"listing the checkpoints of run {run_id}"):
+        return _epochs_of([a.path for a in client().list_artifacts(run_id, names.CHECKPOINTS)])
+
+
+def metric_points(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged point of a metric, by step (empty if never logged)."""
+    with tracking_errors(f"reading metric {key} of run {run_id}"):
+        return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
+
+
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    with tracking_errors(f"tagging run {run_id}"):
+        client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def download_artifacts(run_id: str, artifact_path: str, dest: str | Path) -> Path:
+    """Download `artifact_path` ('' = everything) of a run into dest; clear errors."""
+    find_run(run_id)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path or None,
+                                                    dst_path=str(dest))
+    except (MlflowException, OSError) as exc:
+        listing = ", ".join(a.path for a in client().list_artifacts(run_id)) or "nothing"
+        raise TrackingError(f"run {run_id} has no artifact {artifact_path!r} (it has: {listing})"
+                            f" [{type(exc).__name__}]") from None
+    return Path(local)
+
+
+def download_checkpoints(run_id: str, folder: Path) -> Path:
+    """A run's checkpoints (with manifest) and training log, downloaded into folder; the
+    newest checkpoint's path."""
+    epochs = checkpoint_epochs(run_id)
+    if not epochs:
+        raise TrackingError(f"run {run_id} has no {names.CHECKPOINTS}/epoch_N.ckpt artifact")
+    download_artifacts(run_id, names.CHECKPOINTS, folder)
+    with contextlib.suppress(TrackingError):  # a run killed early may not have logged it
+        download_artifacts(run_id, names.TRAINING_LOG, folder)
+    return folder / names.CHECKPOINTS / checkpoint_name(epochs[-1])
+
+
+def close_resumed_run(run_id: str, resumed_by: str) -> None:
+    """A run that a resume takes over: tag it, and mark it KILLED if it was left RUNNING."""
+    with tracking_errors(f"closing run {run_id}"):
+        client().set_tag(run_id, "seqtrack.resumed_by", resumed_by)
+        if client().get_run(run_id).info.status == "RUNNING":
+            client().set_terminated(run_id, status="KILLED")

@@ -1,0 +1,36 @@
+"""Names shared between writers and readers of a run: metric keys, tags, artifact paths.
+
+A run written by the trainer is read back by resume, evaluate, mirror and the benchmarks; each
+name below is written once here so they cannot drift apart.
+"""
+
+# -- metrics (step = global training samples seen) ---------------------------------------------
+TRAIN_LOSS = "train/loss"
+TRAIN_IOU = "train/iou"  # teacher-forced argmax boxes against the targets
+BLOCK_METRICS = (TRAIN_LOSS, TRAIN_IOU, "time/block_seconds", "time/elapsed_seconds",
+                 "time/eta_epoch_seconds", "time/samples_per_second")
+
+# -- metrics (step = epoch) --------------------------------------------------------------------
+EPOCH_PREFIX = "epoch/"
+EPOCH_TRAIN_LOSS = "epoch/train_loss"
+VAL_IOU = "epoch/val_iou"
+NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
+
+# -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
+EVAL_PREFIX = "eval/"
+EVAL_METRICS = ("auc", "precision", "norm_precision", "mean_iou", "fps")
+
+# -- tags ----------------------------------------------------------------------------------------
+KIND_TAG = "seqtrack.kind"  # what a run is: one of KINDS; only "train" runs hold checkpoints
+KINDS = ("train", "evaluate", "mirror", "download")
+ERROR_TAG = "seqtrack.error"
+OUTPUT_DIR_TAG = "seqtrack.output_dir"
+
+# -- artifacts (paths inside a training run) ---------------------------------------------------
+CHECKPOINTS = "checkpoints"
+TRAINING_LOG = "training_log.txt"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "dataset_summary.json"
+REPORT_FILE = "report.md"
+PLOTS = "plots"
+EVALUATION = "evaluation"

@@ -1,0 +1,77 @@
+"""One training run from start to end: device, determinism, processes, the MLflow run and how
+it ends (FINISHED, KILLED after Ctrl-C/SIGTERM, FAILED with the error as a tag)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import torch
+
+from seqtrack_mlflow import experiment, names
+from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.train import distributed
+from seqtrack_mlflow.train.checkpoint import list_checkpoints
+from seqtrack_mlflow.train.determinism import seed_everything
+from seqtrack_mlflow.train.device import check_precision, resolve_device
+from seqtrack_mlflow.train.resume import load_resume_state
+from seqtrack_mlflow.train.signals import StopFlag, StopRequested
+from seqtrack_mlflow.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
+    """Train `cfg` in one MLflow run, always closed; returns the report (main rank) or ''.
+    Raises SystemExit-free: StopRequested for a signal, the original error for a failure."""
+    device = resolve_device(cfg.train.device)
+    check_precision(device, cfg.train.precision)  # before a run exists
+    info = distributed.init(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    # The resume state is checked before the run is created: a bad --resume makes no run.
+    resume = load_resume_state(cfg) if cfg.train.resume else None
+    run = (experiment.TrainingRun(run_name, experiment_name).start() if info.is_main
+           else experiment.NullRun())
+    if info.is_main:
+        log.info("MLflow run %s (tracking %s)", run.run_id, experiment.tracking_uri())
+        log.info("device: %s%s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
+                 + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
+                 f", {info.world} processes" if info.enabled else "")
+    ckpt_dir = Path(cfg.train.output_dir) / run.run_id / names.CHECKPOINTS
+    try:
+        with StopFlag() as stop:
+            try:
+                trainer = Trainer(cfg, device, run, stop, info, resume)
+            finally:
+                if resume is not None:
+                    resume.remove_download()  # its checkpoints are in this run's folder by now
+            trainer.fit()
+    except StopRequested as exc:
+        done = list_checkpoints(ckpt_dir) if info.is_main else []
+        how = (f"epoch {exc.epoch} will restart from {done[-1]}: resume with --resume {run.run_id}" if done
+               else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
+        log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
+                  "KILLED; %s", signal.Signals(exc.signum).name, exc.epoch, exc.samples, run.run_id, how)
+        run.end("KILLED", error=f"stopped by {signal.Signals(exc.signum).name}")
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted: run %s marked KILLED; resume with --resume %s", run.run_id, run.run_id)
+        run.end("KILLED", error="interrupted (KeyboardInterrupt)")
+        raise
+    except BaseException as exc:
+        log.error("training failed: %s: %s", type(exc).__name__, exc)
+        done = list_checkpoints(ckpt_dir) if info.is_main else []
+        if done:
+            log.error("complete checkpoints are kept in %s; continue with --resume %s", ckpt_dir, run.run_id)
+        elif ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()  # a failed start leaves no empty folder behind
+        run.end("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        distributed.shutdown(info)
+    run.end("FINISHED")
+    return getattr(trainer, "report_text", "")

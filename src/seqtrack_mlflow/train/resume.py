@@ -1,0 +1,159 @@
+"""Continuing a run: resolve `--resume`, check it, and adopt the epochs it already finished.
+
+`--resume` is a checkpoint file or an MLflow run id (its newest checkpoint). The checkpoint is
+verified against its manifest, must have been made with the same config (only the keys in
+RESUMABLE_CHANGES may differ: they change where or how fast, not what is computed), and then
+restores model, optimizer, scheduler, RNG states and the data position, so the resumed run is
+bit-identical to one that never stopped. The new run adopts the earlier epochs' checkpoints,
+progress-log blocks and metrics; the run it continues is tagged (and marked KILLED if it was
+left RUNNING by a kill -9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from seqtrack_mlflow import experiment, names
+from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.errors import CheckpointError, ConfigError
+from seqtrack_mlflow.model.load import checkpoint_config
+from seqtrack_mlflow.train.checkpoint import (check_resumable, checkpoint_name, load_checkpoint,
+                                              remove_stale_temp_files)
+from seqtrack_mlflow.train.progress import BLOCK_RE
+
+log = logging.getLogger(__name__)
+
+# Config keys that may differ between a checkpoint and the run resuming it without changing
+# the result (where outputs go, how data is loaded, how long to train).
+RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.output_dir", "train.workers", "train.device",
+                     "data.root", "data.keep_zip"}
+
+
+@dataclasses.dataclass
+class ResumeState:
+    state: dict[str, Any]
+    path: Path                   # the checkpoint file
+    source_run_id: str | None    # MLflow run it came from, when known
+    download_dir: Path | None = None  # temporary copy of a run's artifacts, owned by this state
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state["epoch"])
+
+    def remove_download(self) -> None:
+        if self.download_dir is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
+            self.download_dir = None
+
+    def describe(self) -> str:
+        return f"run {self.source_run_id} epoch {self.epoch}" if self.source_run_id else str(self.path)
+
+    def earlier_checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, file) of the checkpoints up to the resumed one that are present."""
+        folder = self.path.parent
+        return [(k, folder / checkpoint_name(k)) for k in range(1, self.epoch + 1)
+                if (folder / checkpoint_name(k)).is_file()]
+
+    def progress_log(self) -> str:
+        """The progress blocks of epochs 1..epoch (a killed run may have written part of the next)."""
+        old_log = self.path.parent.parent / names.TRAINING_LOG
+        if not old_log.is_file():
+            return ""
+        return "".join(m.group(0) for m in BLOCK_RE.finditer(old_log.read_text())
+                       if int(m.group(1)) <= self.epoch)
+
+
+def load_resume_state(cfg: Config) -> ResumeState:
+    """The checkpoint `cfg.train.resume` names, checked against cfg.
+
+    A run id's checkpoints are downloaded to a temporary folder that the returned state owns:
+    call remove_download() once they are copied (this function removes it on an error)."""
+    spec = cfg.train.resume
+    path = Path(spec).expanduser()
+    if path.is_file():
+        remove_stale_temp_files(path.parent)
+        state = load_checkpoint(path)
+        resume = ResumeState(state, path, state.get("run_id") or None)
+    elif path.suffix == ".ckpt" or os.sep in spec:
+        raise CheckpointError(f"resume: checkpoint {spec} does not exist")
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="seqtrack-resume-"))
+        try:
+            resume = _download(spec, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    try:
+        check_resumable(resume.state, spec)
+        check_resume_config(cfg, resume.state, spec)
+        if resume.epoch >= cfg.train.epochs:
+            raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
+                              f"epoch {resume.epoch}, ask for more epochs to continue")
+    except BaseException:
+        resume.remove_download()
+        raise
+    return resume
+
+
+def _download(run_id: str, folder: Path) -> ResumeState:
+    """The newest checkpoint of training run `run_id` (all its checkpoints land in `folder`)."""
+    run = experiment.training_run(run_id)
+    epochs = experiment.checkpoint_epochs(run_id)
+    if not epochs:
+        raise CheckpointError(f"resume: run {run_id} stopped before its first checkpoint: there is "
+                              "nothing to resume; start a new run")
+    path = experiment.download_checkpoints(run_id, folder)
+    state = load_checkpoint(path)
+    old_outputs = run.data.tags.get(names.OUTPUT_DIR_TAG, "")
+    if old_outputs and Path(old_outputs).is_dir():  # the run's own folder, on this machine
+        for stale in remove_stale_temp_files(Path(old_outputs) / names.CHECKPOINTS):
+            log.info("removed %s, left by an interrupted checkpoint write", stale)
+        # Killed by SIGKILL, it never logged its training log: take it from its folder.
+        local_log = Path(old_outputs) / names.TRAINING_LOG
+        if local_log.is_file() and not (folder / names.TRAINING_LOG).is_file():
+            shutil.copy2(local_log, folder / names.TRAINING_LOG)
+    return ResumeState(state, path, run_id, download_dir=folder)
+
+
+def check_resume_config(cfg: Config, state: dict[str, Any], spec: str) -> None:
+    saved = checkpoint_config(state, f"resume: {spec}").flat()
+    now = cfg.flat()
+    changed = sorted(k for k in now if now[k] != saved.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        diffs = ", ".join(f"{k}={saved.get(k)!r} in checkpoint vs {now[k]!r}" for k in changed)
+        raise ConfigError(f"resume: the config differs from the checkpoint's ({diffs}); an exact "
+                          f"resume needs the same settings")
+
+
+def adopt(resume: ResumeState, run: "experiment.TrainingRun", manifest, ckpt_dir: Path,
+          log_path: Path) -> dict[str, list[tuple[int, float]]]:
+    """Bring the earlier epochs into the new run: checkpoints (into ckpt_dir and the manifest,
+    logged as artifacts), progress-log blocks, epoch metrics, and the source run's per-block
+    metrics. Returns those block metrics as {key: [(step, value)]} for the plots."""
+    for k, src in resume.earlier_checkpoints():
+        dst = ckpt_dir / src.name
+        if src.resolve() != dst.resolve():
+            shutil.copy2(src, dst)
+        manifest.add(dst, k)
+        run.log_artifact(dst, names.CHECKPOINTS)
+        run.store_once(dst, names.CHECKPOINTS)
+    run.log_artifact(manifest.path, names.CHECKPOINTS)
+    log_path.write_text(resume.progress_log())
+    for k, metrics in enumerate(resume.state["metrics"], start=1):
+        run.log_metrics({f"{names.EPOCH_PREFIX}{key}": v for key, v in metrics.items()}, step=k)
+    blocks: dict[str, list[tuple[int, float]]] = {}
+    if resume.source_run_id:
+        max_step = int(resume.state["progress"]["global_samples"])
+        copied = run.copy_metrics(resume.source_run_id, names.BLOCK_METRICS, max_step=max_step)
+        blocks = {key: [p for p in experiment.metric_points(resume.source_run_id, key) if p[0] <= max_step]
+                  for key in (names.TRAIN_LOSS, names.TRAIN_IOU)}
+        log.info("copied %d metric points of epochs 1-%d from run %s", copied, resume.epoch,
+                 resume.source_run_id)
+        experiment.close_resumed_run(resume.source_run_id, run.run_id)
+    return blocks
