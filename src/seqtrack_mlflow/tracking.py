@@ -261,6 +261,31 @@ def latest_run_with_checkpoints(experiment: str | None = None) -> str:
                         "pass --run-id or --checkpoint")
 
 
+def latest_evaluation(run_id: str) -> dict[str, Any] | None:
+    """The newest FINISHED evaluation of a training run (an `EvaluationRun` whose parent it is,
+    searched in the training run's experiment), or None: {run_id, epoch, data_source, classes,
+    sequences, metrics: {auc, precision, norm_precision} as fractions}."""
+    client = MlflowClient()
+    experiment_id = find_run(run_id).info.experiment_id
+    runs = client.search_runs(
+        [experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=(f"tags.mlflow.parentRunId = '{run_id}' and tags.`{EVAL_KIND_TAG}` = 'evaluation' "
+                       "and attributes.status = 'FINISHED'"))
+    if not runs:
+        return None
+    run = runs[0]
+    metrics = {k: float(run.data.metrics[f"eval/{k}"]) for k in ("auc", "precision", "norm_precision")
+               if f"eval/{k}" in run.data.metrics}
+    if not metrics:
+        return None
+    epoch = run.data.tags.get("seqtrack.epoch") or run.data.params.get("epoch")
+    sequences = run.data.params.get("sequences", "")
+    return {"run_id": run.info.run_id, "epoch": int(epoch) if str(epoch or "").isdigit() else None,
+            "data_source": run.data.params.get("data.source", ""),
+            "classes": run.data.params.get("data.classes", ""),
+            "sequences": len([s for s in sequences.split(",") if s]) or None, "metrics": metrics}
+
+
 class EvaluationRun:
     """The MLflow run of one evaluation: `with EvaluationRun(...) as run:` ends it FINISHED,
     or FAILED (and re-raises) on an exception."""
