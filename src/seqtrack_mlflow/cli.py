@@ -103,6 +103,39 @@ def _train(args: argparse.Namespace) -> int:
     return _import("seqtrack_mlflow.train.trainer", "train").run_training(cfg)
 
 
+def _bool_arg(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow.mirror import mirror_run
+
+    result = mirror_run(run_id=args.run_id.strip(), repo_id=args.repo_id.strip(),
+                        experiment=args.experiment.strip(), revision=args.revision.strip() or None,
+                        private=args.private, dry_run=args.dry_run)
+    if result.commit:
+        print(f"{result.repo_url} {result.commit} {result.tag}"
+              + ("" if result.changed else " (already up to date)"))
+    return 0
+
+
+def _fetch_hub(args: argparse.Namespace) -> int:
+    from seqtrack_mlflow import mirror
+
+    revision = args.revision.strip() or None
+    if args.file:
+        path = mirror.fetch_file(args.repo_id, args.file.strip(), args.dest, revision=revision)
+    else:
+        path = mirror.fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=revision)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m seqtrack_mlflow",
@@ -127,21 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG path")
     p.set_defaults(func=_handler("seqtrack_mlflow.data.debug:cli_debug_samples"))
 
-    p = sub.add_parser("mirror", help="upload a run's checkpoints to a Hugging Face model repo")
+    p = sub.add_parser("mirror", help="publish a run to a Hugging Face model repo (safetensors, card, tag)")
     p.add_argument("--run-id", default="", help="MLflow run (default: latest FINISHED run)")
     p.add_argument("--experiment", default="", help="experiment name for the default run")
     p.add_argument("--repo-id", default="hossamaladdin/Assignment3", help="Hub model repo")
-    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--dry-run", action="store_true", help="verify and list, upload nothing")
-    p.set_defaults(func=_handler("seqtrack_mlflow.mirror:cli_mirror"))
+    p.add_argument("--revision", default="", help="branch to commit to ('' = main)")
+    # Flags or explicit values: MLproject passes `--private false` / `--dry-run true`.
+    p.add_argument("--private", nargs="?", const="true", default="false", type=_bool_arg,
+                   metavar="BOOL", help="create the repo as private")
+    p.add_argument("--dry-run", nargs="?", const="true", default="false", type=_bool_arg,
+                   metavar="BOOL", help="verify and list, upload nothing")
+    p.set_defaults(func=_mirror)
 
-    p = sub.add_parser("fetch-hub", help="download a checkpoint from the Hub and verify it loads")
+    p = sub.add_parser("fetch-hub", help="download a file from a mirrored repo, verified against its manifest")
     p.add_argument("--repo-id", default="hossamaladdin/Assignment3", help="Hub model repo")
-    p.add_argument("--epoch", type=int, required=True, help="epoch N of epoch_N.ckpt")
-    p.add_argument("--revision", default=None, help="branch, tag or commit")
-    p.add_argument("--dest", default=".", help="folder to place the checkpoint in")
-    p.set_defaults(func=_handler("seqtrack_mlflow.mirror:cli_fetch_hub"))
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--epoch", type=int, help="epoch N: resume/epoch_N.ckpt (full training state)")
+    what.add_argument("--file", default="", help="any file listed in the repo's manifest.json")
+    p.add_argument("--revision", default="", help="branch, tag (run-<id8>) or commit ('' = main)")
+    p.add_argument("--dest", default=".", help="folder to place the file in")
+    p.set_defaults(func=_fetch_hub)
 
     p = sub.add_parser("evaluate", help="track the test sequences and compute LaSOT metrics")
     add_config_args(p)
