@@ -41,6 +41,9 @@ from seqtrack_mlflow.model.vit import VisionTransformer, resize_pos_embed
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
 OFFICIAL_KEYS = Path(__file__).with_name("official_keys.txt")
+# File names of the Hub layout (PyTorchModelHubMixin's, so Hub tooling recognises the repo).
+HUB_CONFIG_NAME = "config.json"
+HUB_WEIGHTS_NAME = "model.safetensors"
 
 
 def end_token(bins: int) -> int:
@@ -243,6 +246,55 @@ class SeqTrack(nn.Module):
         finally:
             for m in training:
                 m.training = True
+
+    # -- Hugging Face Hub (the PyTorchModelHubMixin layout: config.json + model.safetensors) ----
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path: str | Path, revision: str | None = None,
+                        subfolder: str = "", token: str | None = None, endpoint: str | None = None,
+                        map_location: str | torch.device = "cpu") -> "SeqTrack":
+        """A ready model (eval mode) from a Hub repo or a local folder in one call.
+
+        Reads `config.json` (ModelConfig fields at the top level, as PyTorchModelHubMixin
+        writes init kwargs) and `model.safetensors` (no pickle: nothing in the file can run
+        code). `revision` (branch, tag such as run-1a2b3c4d, or commit) pins a mirrored run;
+        `subfolder="checkpoints/epoch_3"` picks one epoch instead of the best. The crop
+        geometry the weights were trained with is in `model.tracker_settings`
+        (TrackerConfig fields). Hub downloads go through seqtrack_mlflow.hub (HF cache).
+        """
+        import json
+
+        from safetensors.torch import load_file
+
+        names = [f"{subfolder.strip('/')}/{n}" if subfolder.strip("/") else n
+                 for n in (HUB_CONFIG_NAME, HUB_WEIGHTS_NAME)]
+        local = Path(repo_id_or_path)
+        if local.is_dir():
+            config_path, weights_path = (local / n for n in names)
+            for path in (config_path, weights_path):
+                if not path.is_file():
+                    raise CheckpointError(f"{path} does not exist; a pretrained folder holds "
+                                          f"{HUB_CONFIG_NAME} and {HUB_WEIGHTS_NAME}")
+        else:
+            from seqtrack_mlflow import hub
+
+            config_path, weights_path = (hub.cached_file(str(repo_id_or_path), n, revision=revision,
+                                                         token=token, endpoint=endpoint) for n in names)
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            known = {f.name for f in dataclasses.fields(ModelConfig)}
+            model_cfg = ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                       for k, v in config.items() if k in known and k != "pretrained"})
+            model = cls(model_cfg)
+            model.load_state_dict(load_file(str(weights_path), device=str(map_location)), strict=True)
+        except (ValueError, TypeError, RuntimeError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{repo_id_or_path}: {names[1]} does not fit {names[0]}: {first}") from None
+        model.tracker_settings = {"template_size": model_cfg.template_size,
+                                  "search_size": model_cfg.search_size,
+                                  "num_templates": model_cfg.num_templates,
+                                  **dict(config.get("tracker") or {})}
+        return model.to(map_location).eval()
 
     # -- bookkeeping --------------------------------------------------------------------------
 
