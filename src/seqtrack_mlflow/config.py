@@ -143,12 +143,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class HubConfig:
+    push_every_epoch: bool = False
+    """Upload each epoch to the Hub in the background while training (HF_TOKEN needed); the
+    training loop never waits on it, and `mirror` completes the repo afterwards."""
+    repo_id: str = "hossamaladdin/Assignment3"
+    """Model repo for push_every_epoch (`mirror` takes its own --repo-id)."""
+    revision: str = ""
+    """Branch to push to ('' = main)."""
+    private: bool = False
+    """Create the repo as private if it does not exist."""
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 8
     """Seed of every random generator (the spec's 8)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples as lists), ready for YAML or a checkpoint."""
@@ -176,7 +190,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hub": HubConfig}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -340,3 +354,5 @@ def validate(cfg: Config) -> None:
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
+    _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",
+          cfg.hub.repo_id, "use 'namespace/name'")
