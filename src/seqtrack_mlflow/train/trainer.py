@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 # Config keys that may differ between a checkpoint and the run resuming it without changing
 # the result (where outputs go, how data is loaded, how long to train).
 RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.output_dir", "train.workers", "train.device",
-                     "data.root", "data.keep_zip"}
+                     "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
+                     "hub.private"}
+# Seconds the end of training waits for a background Hub upload still running (hub.push_every_epoch).
+HUB_CLOSE_TIMEOUT = 600.0
 
 
 class NonFiniteLoss(SeqTrackError):
@@ -135,9 +138,17 @@ def run_training(cfg: Config) -> int:
     log.info("device: %s%s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
              + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
              f", {info.world} processes" if info.enabled else "")
+    uploader = None
     try:
+        if cfg.hub.push_every_epoch:  # before any epoch: no token fails here, not at epoch 1
+            from seqtrack_mlflow.mirror import EpochUploader
+
+            uploader = EpochUploader(cfg.hub.repo_id, run.run_id, revision=cfg.hub.revision,
+                                     private=cfg.hub.private)
         with _StopFlag() as stop:
-            Trainer(cfg, device, run, stop, info).fit()
+            trainer = Trainer(cfg, device, run, stop, info)
+            trainer.checkpoint_hook = uploader.on_checkpoint if uploader else None
+            trainer.fit()
     except StopRequested as exc:
         last = f"epoch_{exc.epoch - 1}.ckpt" if exc.epoch > 1 else "no checkpoint yet"
         log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
@@ -157,6 +168,10 @@ def run_training(cfg: Config) -> int:
         raise
     finally:
         distributed.shutdown(info)
+    if uploader is not None:  # after a failure the daemon thread just ends with the process
+        missing = uploader.close(timeout=HUB_CLOSE_TIMEOUT)
+        if missing:
+            log.warning("epochs %s are not on the Hub yet: run `mirror --run-id %s`", missing, run.run_id)
     run.end("FINISHED")
     return 0
 
@@ -177,6 +192,9 @@ class Trainer:
         if info.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, float]] = []  # one dict of epoch metrics per finished epoch
+        # Called after each checkpoint is complete: (epoch, path, val_iou); must return at once
+        # (hub.push_every_epoch sets it to EpochUploader.on_checkpoint, which only queues).
+        self.checkpoint_hook = None
         self.manifest: list[dict[str, Any]] = []
         self.global_samples = 0
         self.elapsed_before = 0.0  # seconds trained before a resume
@@ -427,6 +445,8 @@ class Trainer:
         # kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered.
         self.run.flush(wait=True)
         self._add_to_manifest(path, epoch)
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook(epoch, path, self.history[-1]["val_iou"] if self.history else None)
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, path.stat().st_size / 1e6, time.perf_counter() - t0)
 
     def _add_to_manifest(self, path: Path, epoch: int) -> None:
