@@ -487,3 +487,29 @@ def test_mlflow_run_mirror_entry_point_end_to_end(hub_env, tmp_path, tracking_ur
     assert "resume/epoch_2.ckpt" in hub_env.tree(REPO, revision="published")
     assert "resume/epoch_2.ckpt" not in hub_env.tree(REPO)  # main untouched
     assert hub_env.tags(REPO) == {f"run-{run_id[:8]}": hub_env.head(REPO, revision="published")}
+
+
+@pytest.mark.slow
+def test_training_with_push_every_epoch_then_mirror(hub_env, tmp_path, monkeypatch):
+    """A real tiny training run pushes each epoch during training; `mirror` then adds the card and
+    the tag without sending any weights again."""
+    from tests.tiny import write_tiny_config
+
+    monkeypatch.setenv("PYTHONHASHSEED", "8")  # no re-exec of pytest for the hash seed
+    monkeypatch.setenv("SEQTRACK_HASHSEED_SET", "1")
+    use_experiment(tmp_path, "push")
+    config = write_tiny_config(tmp_path, train={"epochs": 2}, data={"samples_per_epoch": 16})
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "outputs"),
+                 "--set", "hub.push_every_epoch=true", "--set", f"hub.repo_id={REPO}"]) == 0
+    run = tracking.latest_finished_run("push")
+    run_id = run.info.run_id
+    tree = hub_env.tree(REPO)
+    assert {"resume/epoch_1.ckpt", "resume/epoch_2.ckpt", "checkpoints/epoch_2/model.safetensors",
+            "model.safetensors", "manifest.json"} <= set(tree)
+    assert len(hub_env.history(REPO)) >= 2  # at least one commit during training
+    hub_env.clear_requests()
+    assert mirror_cli(run_id) == 0
+    assert not hub_env.requests_to("PUT")  # every weight was already there
+    assert f"run-{run_id[:8]}" in hub_env.tags(REPO) and "README.md" in hub_env.tree(REPO)
+    model = SeqTrack.from_pretrained(REPO, revision=f"run-{run_id[:8]}")
+    assert model.cfg.embed_dim == TINY["model"]["embed_dim"]
