@@ -26,14 +26,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
-import threading
-from typing import Any
+from typing import Any, Iterator
 
 import huggingface_hub.constants as _hf_constants
 from huggingface_hub import (
@@ -272,8 +270,8 @@ def upload_folder(repo_id: str, folder: str | Path, token: str | None, endpoint:
         started = time.monotonic()
         # parent_commit: if someone else committed since `before`, fail instead of deleting
         # files we never saw.
-        kwargs = dict(commit_message=commit_message, commit_description=commit_description,
-                      revision=revision, parent_commit=before if deleted else None)
+        kwargs = {"commit_message": commit_message, "commit_description": commit_description,
+                  "revision": revision, "parent_commit": before if deleted else None}
         transport = "lfs" if not _xet_enabled() else "xet"
         try:
             info = api.create_commit(repo_id, operations(), **kwargs)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import re
 import shutil
@@ -251,12 +252,12 @@ def choose_best_epoch(run_id: str, epochs: list[int], last_state: dict[str, Any]
     """(epoch, why) of the root weights: the highest epoch/val_iou among the checkpoints
     (earliest on ties, as evaluate's 'best'), else the last checkpoint's val_iou history, else
     the last epoch."""
-    points = [(s, v) for s, v in tracking.metric_points(run_id, VAL_IOU) if s in epochs and v == v]
+    points = [(s, v) for s, v in tracking.metric_points(run_id, VAL_IOU) if s in epochs and not math.isnan(v)]
     if not points and last_state is not None:
         history = last_state.get("metrics") if isinstance(last_state.get("metrics"), list) else []
         points = [(i + 1, float(h["val_iou"])) for i, h in enumerate(history)
                   if isinstance(h, dict) and isinstance(h.get("val_iou"), (int, float))
-                  and i + 1 in epochs and h["val_iou"] == h["val_iou"]]
+                  and i + 1 in epochs and not math.isnan(h["val_iou"])]
     if points:
         epoch, value = max(points, key=lambda p: (p[1], -p[0]))
         return epoch, f"best validation IoU {value:.4f}"
@@ -574,7 +575,7 @@ class EpochUploader:
                     rel = f"{weights_dir(epoch)}/{name}"
                     self._files[rel] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
                 self._files[resume_path(epoch)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            if val_iou is not None and val_iou == val_iou:
+            if val_iou is not None and not math.isnan(val_iou):
                 self._val[epoch] = float(val_iou)
         epochs = sorted(self._pending)
         best = (max(self._val.items(), key=lambda p: (p[1], -p[0]))[0]

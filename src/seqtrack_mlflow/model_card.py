@@ -244,7 +244,7 @@ def body(inputs: CardInputs) -> str:
         out += ["This run has not been evaluated yet (`mlflow run . -e evaluate -P run_id=...`), so "
                 "the card has no model-index results.", ""]
     else:
-        dataset_type, dataset_name = _dataset_words(ev.data_source)
+        _, dataset_name = _dataset_words(ev.data_source)
         out += [f"Latest evaluation: MLflow run `{ev.run_id}`, epoch {_fmt(ev.epoch)}, "
                 f"{dataset_name}" + (f", classes {ev.classes}" if ev.classes else "")
                 + (f", {ev.sequences} sequences" if ev.sequences else "") + ".", ""]
