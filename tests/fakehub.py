@@ -6,7 +6,15 @@ internet. It implements the requests the client actually sends (read from its so
 hf_api.py, _commit_api.py, lfs.py, file_download.py):
 
     POST /api/repos/create                          409 + {"url"} when it exists (exist_ok)
-    POST /api/validate-yaml                         README.md front matter check before a commit
+    POST /api/validate-yaml                         README.md front matter check before a commit:
+                                                    YAML mapping, and the Hub's rules for license,
+                                                    tags, datasets, library_name and model-index
+    GET  /api/{models|datasets}/{id}/refs           branches and tags
+    POST /api/{models|datasets}/{id}/tag/{rev}      create a tag (409 when it exists)
+    DELETE /api/{models|datasets}/{id}/tag/{tag}    delete a tag
+    GET  /api/{models|datasets}/{id}/xet-write-token/{rev}   refused (404, "Xet storage is not
+                                                    enabled"): this fake serves no Xet CAS, so a
+                                                    client with hf-xet must fall back to LFS
     GET  /api/{models|datasets}/{id}[/revision/{rev}]   repo info: sha, siblings, private
     GET  /api/{models|datasets}/{id}/tree/{rev}[/{path}]  listing (?recursive=1), one page
     POST /api/{models|datasets}/{id}/preupload/{rev}    uploadMode lfs|regular + remote oid
@@ -33,7 +41,10 @@ huggingface/huggingface_hub#1411); the client avoids that itself by comparing th
 preupload endpoint returns with its local hashes. This fake does the same as the Hub, so a test
 of "nothing changed" really tests the client-side no-op detection.
 
-Repository state (branches, commits, trees) lives in memory; file bytes live in a temp folder,
+Every README.md front matter that passed /api/validate-yaml is kept in `hub.validated`
+(parsed), so a test can check what the Hub was shown.
+
+Repository state (branches, tags, commits, trees) lives in memory; file bytes live in a temp folder,
 content-addressed by sha256.
 """
 
@@ -100,6 +111,7 @@ class Repo:
     repo_id: str
     private: bool = False
     branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
     lfs_objects: set[str] = field(default_factory=set)  # sha256 uploaded through LFS
 
@@ -126,6 +138,7 @@ class FakeHub:
         self.token = token  # None: any token is accepted
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[Request] = []
+        self.validated: list[dict] = []  # front matter of every README.md that passed validation
         self.drops: dict[str, int] = {"lfs_put": 0, "commit": 0, "download": 0}
         self.lock = threading.RLock()
         self._sig = secrets.token_hex(8)
@@ -198,6 +211,10 @@ class FakeHub:
     def head(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> str:
         return self._resolve(self._repo(repo_type, repo_id), revision).oid
 
+    def tags(self, repo_id: str, repo_type: str = "model") -> dict[str, str]:
+        """{tag: commit oid}."""
+        return dict(self._repo(repo_type, repo_id).tags)
+
     def tree(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, Entry]:
         return self._resolve(self._repo(repo_type, repo_id), revision).tree
 
@@ -240,7 +257,8 @@ class FakeHub:
 
     def _resolve(self, repo: Repo, revision: str) -> Commit:
         revision = unquote(revision)
-        oid = repo.branches.get(revision) or (revision if revision in repo.commits else None)
+        oid = (repo.branches.get(revision) or repo.tags.get(revision)
+               or (revision if revision in repo.commits else None))
         if oid is None:
             raise HubHTTPError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo.commits[oid]
@@ -266,6 +284,11 @@ class _Handler(BaseHTTPRequestHandler):
     ROUTES = [
         ("POST", r"/api/repos/create", "create_repo"),
         ("POST", r"/api/validate-yaml", "validate_yaml"),
+        ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/refs", "list_refs"),
+        ("POST", rf"/api/(?P<kind>models|datasets)/{REPO}/tag/(?P<rev>[^/]+)", "create_tag"),
+        ("DELETE", rf"/api/(?P<kind>models|datasets)/{REPO}/tag/(?P<tag>[^/]+)", "delete_tag"),
+        ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/xet-(?P<which>read|write)-token(?:/(?P<rev>[^/]+))?",
+         "xet_token"),
         ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}(?:/revision/(?P<rev>[^/]+))?", "repo_info"),
         ("GET", rf"/api/(?P<kind>models|datasets)/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?",
          "list_tree"),
@@ -293,6 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def do_PUT(self):
+        self._dispatch()
+
+    def do_DELETE(self):
         self._dispatch()
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -415,7 +441,43 @@ class _Handler(BaseHTTPRequestHandler):
             except yaml.YAMLError as exc:
                 self._json({"errors": [{"message": f"Invalid YAML: {exc}"}]}, 400)
                 return
+            errors = metadata_errors(meta or {})
+            if errors:
+                self._json({"errors": [{"message": e} for e in errors]}, 400)
+                return
+            with self.hub.lock:
+                self.hub.validated.append(meta or {})
         self._json({"warnings": [], "errors": []})
+
+    def h_list_refs(self, kind, ns, name) -> None:
+        repo = self._repo(kind, ns, name)
+
+        def ref(name: str, kind_: str, oid: str) -> dict:
+            return {"name": name, "ref": f"refs/{kind_}/{name}", "targetCommit": oid}
+        self._json({"branches": [ref(b, "heads", o) for b, o in sorted(repo.branches.items())],
+                    "converts": [], "tags": [ref(t, "tags", o) for t, o in sorted(repo.tags.items())]})
+
+    def h_create_tag(self, kind, ns, name, rev) -> None:
+        repo = self._repo(kind, ns, name, write=True)
+        tag = json.loads(self._read_body() or b"{}").get("tag", "")
+        with self.hub.lock:
+            if not tag:
+                raise HubHTTPError(400, "tag name is required")
+            if tag in repo.tags:
+                raise HubHTTPError(409, f"Tag {tag} already exists")
+            repo.tags[tag] = self.hub._resolve(repo, rev).oid
+        self._json({})
+
+    def h_delete_tag(self, kind, ns, name, tag) -> None:
+        repo = self._repo(kind, ns, name, write=True)
+        with self.hub.lock:
+            if repo.tags.pop(tag, None) is None:
+                raise HubHTTPError(404, f"Invalid rev id: {tag}", "RevisionNotFound")
+        self._json({})
+
+    def h_xet_token(self, kind, ns, name, which, rev=None) -> None:
+        self._repo(kind, ns, name, write=which == "write")
+        raise HubHTTPError(404, "Xet storage is not enabled on this Hub")
 
     def h_repo_info(self, kind, ns, name, rev=None) -> None:
         repo = self._repo(kind, ns, name)
@@ -603,6 +665,62 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             raise _Dropped()
         self.wfile.write(body)
+
+
+# The Hub's metadata rules that the cards of this project touch (huggingface.co/docs/hub/model-cards,
+# and the errors the Hub answers for them): a subset of its license ids, types of the list keys,
+# and the shape of model-index (the Hub rejects a card whose model-index it cannot parse).
+KNOWN_LICENSES = {"mit", "apache-2.0", "bsd-3-clause", "cc-by-4.0", "cc-by-nc-4.0", "openrail", "other"}
+
+
+def _str_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def metadata_errors(meta: dict) -> list[str]:
+    """Why the Hub would refuse this README front matter ([] when it would accept it)."""
+    errors = []
+    if "license" in meta and meta["license"] not in KNOWN_LICENSES:
+        errors.append(f'"license" must be one of the Hub license identifiers, got {meta["license"]!r}')
+    for key in ("tags", "datasets"):
+        if key in meta and not _str_list(meta[key]):
+            errors.append(f'"{key}" must be an array of non-empty strings')
+    if "library_name" in meta and not (isinstance(meta["library_name"], str) and meta["library_name"]):
+        errors.append('"library_name" must be a string')
+    if "model-index" in meta:
+        errors += [f'"model-index" {e}' for e in _model_index_errors(meta["model-index"])]
+    return errors
+
+
+def _model_index_errors(index) -> list[str]:
+    if not isinstance(index, list) or not index:
+        return ["must be a non-empty array"]
+    errors = []
+    for i, model in enumerate(index):
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            errors.append(f"[{i}].name must be a string")
+            continue
+        results = model.get("results")
+        if not isinstance(results, list) or not results:
+            errors.append(f"[{i}].results must be a non-empty array")
+            continue
+        for j, result in enumerate(results):
+            where = f"[{i}].results[{j}]"
+            task, dataset, metrics = (result.get(k) if isinstance(result, dict) else None
+                                      for k in ("task", "dataset", "metrics"))
+            if not isinstance(task, dict) or not isinstance(task.get("type"), str):
+                errors.append(f"{where}.task.type must be a string")
+            if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), str) for k in ("type", "name")):
+                errors.append(f"{where}.dataset needs string type and name")
+            if not isinstance(metrics, list) or not metrics:
+                errors.append(f"{where}.metrics must be a non-empty array")
+                continue
+            for k, metric in enumerate(metrics):
+                if not (isinstance(metric, dict) and isinstance(metric.get("type"), str)
+                        and isinstance(metric.get("value"), (int, float, str))
+                        and not isinstance(metric.get("value"), bool)):
+                    errors.append(f"{where}.metrics[{k}] needs a string type and a value")
+    return errors
 
 
 class _Dropped(Exception):

@@ -134,3 +134,66 @@ def test_connection_refused_is_a_hub_error(tmp_path):
     server.stop()
     with pytest.raises(HubError, match="connection to"):
         hub.create_repo("me/repo", ACCEPTED_TOKEN, endpoint=url)
+
+
+# -- transports: Xet (the client's default) and plain LFS ------------------------------------------
+def test_lfs_path_when_xet_is_disabled(fake_hub, tmp_path):  # noqa: F811
+    (tmp_path / "w.safetensors").write_bytes(os.urandom(30_000))
+    result = hub.upload_folder("me/lfs", tmp_path, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    assert result.transport == "lfs"  # conftest sets HF_HUB_DISABLE_XET=1
+    assert fake_hub.tree("me/lfs")["w.safetensors"].lfs
+    assert fake_hub.requests_to("PUT", "/_lfs/upload/") and not fake_hub.requests_to(contains="xet-")
+
+
+def test_xet_default_path_falls_back_to_lfs_when_the_hub_refuses_xet(fake_hub, tmp_path, monkeypatch,  # noqa: F811
+                                                                   caplog):
+    """The installed client's default: Xet through hf-xet. This fake serves no Xet CAS (its
+    chunk/xorb/shard protocol is far beyond a test server), so it refuses the Xet token, as a Hub
+    without Xet does; the upload must then go through LFS, in the same single commit."""
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import is_package_available
+
+    if not is_package_available("hf_xet"):
+        pytest.skip("hf-xet is not installed: the client's default path is already LFS")
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", False)
+    data = os.urandom(40_000)
+    (tmp_path / "model.safetensors").write_bytes(data)
+    (tmp_path / "notes.txt").write_text("hi\n")
+    result = hub.upload_folder("me/xet", tmp_path, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    assert fake_hub.requests_to("GET", "/xet-write-token/")  # Xet was tried first
+    assert result.transport == "lfs" and "refused Xet storage" in caplog.text
+    assert fake_hub.read("me/xet", "model.safetensors") == data
+    assert len(fake_hub.history("me/xet")) == 2  # initial + one commit
+    assert hf_constants.HF_HUB_DISABLE_XET is False  # the switch was restored
+
+
+# -- exact state, tags -----------------------------------------------------------------------------
+def test_delete_others_makes_the_branch_hold_exactly_the_folder(fake_hub, tmp_path):  # noqa: F811
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "a.bin").write_bytes(b"\x00a")
+    (old / "checkpoints" / "b.bin").write_bytes(b"\x00b")
+    hub.upload_folder("me/exact", old, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    new = tmp_path / "new"
+    (new / "checkpoints").mkdir(parents=True)
+    (new / "checkpoints" / "a.bin").write_bytes(b"\x00a")
+    result = hub.upload_folder("me/exact", new, ACCEPTED_TOKEN, endpoint=fake_hub.url, delete_others=True)
+    assert result.changed and result.deleted == ["checkpoints/b.bin"]
+    assert set(fake_hub.tree("me/exact")) == {".gitattributes", "checkpoints/a.bin"}
+    assert len(fake_hub.history("me/exact")) == 3
+    again = hub.upload_folder("me/exact", new, ACCEPTED_TOKEN, endpoint=fake_hub.url, delete_others=True)
+    assert not again.changed and again.deleted == []
+
+
+def test_tags_are_created_and_moved(fake_hub, tmp_path):  # noqa: F811
+    (tmp_path / "a.txt").write_text("1")
+    first = hub.upload_folder("me/tagged", tmp_path, ACCEPTED_TOKEN, endpoint=fake_hub.url).commit
+    assert hub.tag_commit("me/tagged", "run-1234abcd", first, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    assert not hub.tag_commit("me/tagged", "run-1234abcd", first, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    (tmp_path / "a.txt").write_text("2")
+    second = hub.upload_folder("me/tagged", tmp_path, ACCEPTED_TOKEN, endpoint=fake_hub.url).commit
+    assert hub.tag_commit("me/tagged", "run-1234abcd", second, ACCEPTED_TOKEN, endpoint=fake_hub.url)
+    assert hub.list_tags("me/tagged", endpoint=fake_hub.url) == {"run-1234abcd": second}
+    path = hub.download_file("me/tagged", "a.txt", "model", tmp_path / "d", endpoint=fake_hub.url,
+                             revision="run-1234abcd")
+    assert path.read_text() == "2"

@@ -13,7 +13,6 @@ diverged would fail.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from mlflow.projects import _project_spec  # mlflow's own MLproject loader
 
-from seqtrack_mlflow import cli
 
 from .conftest import REPO
 
@@ -20,7 +19,8 @@ EXPECTED = {
              **{name: NOT_GIVEN for name in ("epochs", "seed", "batch_size", "workers", "nproc", "patch_size",
                                               "classes", "data", "data_dir", "device", "precision", "resume",
                                               "samples_per_epoch", "run_name", "experiment_name")}},
-    "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", "hossamaladdin/Assignment3")},
+    "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", "hossamaladdin/Assignment3"),
+               "private": ("string", "false"), "revision": NOT_GIVEN, "dry_run": ("string", "false")},
     "evaluate": {"run_id": NOT_GIVEN, "checkpoint": NOT_GIVEN, "epoch": ("string", "best"),
                  "data": NOT_GIVEN, "classes": NOT_GIVEN, "data_dir": NOT_GIVEN, "device": NOT_GIVEN},
     "download": {"run_id": NOT_GIVEN, "artifact_path": NOT_GIVEN, "dest": ("string", "downloads")},

@@ -161,22 +161,37 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bool_arg(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
+
+
 def _mirror(args: argparse.Namespace) -> int:
     from seqtrack_mlflow import experiment
     from seqtrack_mlflow.mirror import mirror_run
 
     with experiment.tool_run("mirror", "mirror") as _:
-        result = mirror_run(run_id=args.run_id.strip(), repo_id=args.repo_id, experiment_name=args.experiment_name,
-                            revision=args.revision or None, private=args.private, dry_run=args.dry_run)
+        result = mirror_run(run_id=args.run_id.strip(), repo_id=args.repo_id.strip(),
+                            experiment_name=args.experiment_name.strip(), revision=args.revision.strip() or None,
+                            private=args.private, dry_run=args.dry_run)
     if result.commit:
-        print(f"{result.repo_url} {result.commit}" + ("" if result.changed else " (already up to date)"))
+        print(f"{result.repo_url} {result.commit} {result.tag}" + ("" if result.changed else " (already up to date)"))
     return 0
 
 
 def _fetch_hub(args: argparse.Namespace) -> int:
-    from seqtrack_mlflow.mirror import fetch_checkpoint
+    from seqtrack_mlflow import mirror
 
-    print(fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=args.revision or None))
+    revision = args.revision.strip() or None
+    if args.file:
+        path = mirror.fetch_file(args.repo_id, args.file.strip(), args.dest, revision=revision)
+    else:
+        path = mirror.fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=revision)
+    print(path)
     return 0
 
 
@@ -223,19 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", default="downloads", help="destination folder")
     experiment_flag(p, "experiment searched for the latest training run")
 
-    p = command("mirror", "upload a run's checkpoints to a Hugging Face model repo", _mirror)
+    p = command("mirror", "publish a run to a Hugging Face model repo (safetensors, card, tag)", _mirror)
     p.add_argument("--run-id", default="", help="training run ('' = the latest one)")
     experiment_flag(p, "experiment searched for the latest training run")
     p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
     p.add_argument("--revision", default="", help="branch to commit to ('' = main)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--dry-run", action="store_true", help="verify and list, upload nothing")
+    # Flags or explicit values: MLproject passes `--private false` / `--dry-run true`.
+    p.add_argument("--private", nargs="?", const="true", default="false", type=_bool_arg,
+                   metavar="BOOL", help="create the repo as private")
+    p.add_argument("--dry-run", nargs="?", const="true", default="false", type=_bool_arg,
+                   metavar="BOOL", help="verify and list, upload nothing")
 
-    p = command("fetch-hub", "download a checkpoint from the Hub and verify it loads", _fetch_hub)
+    p = command("fetch-hub", "download a file from a mirrored repo, verified against its manifest", _fetch_hub)
     p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
-    p.add_argument("--epoch", type=int, required=True, help="epoch N of epoch_N.ckpt")
-    p.add_argument("--revision", default="", help="branch, tag or commit ('' = main)")
-    p.add_argument("--dest", default=".", help="folder to place the checkpoint in")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--epoch", type=int, help="epoch N: resume/epoch_N.ckpt (full training state)")
+    what.add_argument("--file", default="", help="any file listed in the repo's manifest.json")
+    p.add_argument("--revision", default="", help="branch, tag (run-<id8>) or commit ('' = main)")
+    p.add_argument("--dest", default=".", help="folder to place the file in")
     return parser
 
 

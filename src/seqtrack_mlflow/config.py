@@ -155,12 +155,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class HubConfig:
+    push_every_epoch: bool
+    """Upload each epoch to the Hub in the background while training (HF_TOKEN needed); the
+    training loop never waits on it, and `mirror` completes the repo afterwards."""
+    repo_id: str
+    """Model repo for push_every_epoch (`mirror` takes its own --repo-id)."""
+    revision: str
+    """Branch to push to ('' = main)."""
+    private: bool
+    """Create the repo as private if it does not exist."""
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int
     """Seed of every random generator (the assignment's 8)."""
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    hub: HubConfig
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any], overrides: dict[str, Any] | None = None,
@@ -227,7 +241,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hub": HubConfig}
 _SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 
 
@@ -418,3 +432,5 @@ def validate(cfg: Config) -> None:
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
+    _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",
+          cfg.hub.repo_id, "use 'namespace/name'")

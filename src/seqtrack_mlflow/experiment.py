@@ -364,6 +364,31 @@ def metric_points(run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
 
 
+def latest_evaluation(run_id: str) -> dict[str, Any] | None:
+    """The newest FINISHED evaluation of a training run (an `EvaluationRun` whose parent it is,
+    searched in the training run's experiment), or None: {run_id, epoch, data_source, classes,
+    sequences, metrics: {auc, precision, norm_precision} as fractions}."""
+    experiment_of_run = find_run(run_id).info.experiment_id
+    with tracking_errors(f"searching the evaluations of run {run_id}"):
+        runs = client().search_runs(
+            [experiment_of_run], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=(f"tags.mlflow.parentRunId = '{run_id}' and tags.`{names.KIND_TAG}` = 'evaluate' "
+                           "and attributes.status = 'FINISHED'"))
+    if not runs:
+        return None
+    run = runs[0]
+    metrics = {k: float(run.data.metrics[f"{names.EVAL_PREFIX}{k}"]) for k in ("auc", "precision", "norm_precision")
+               if f"{names.EVAL_PREFIX}{k}" in run.data.metrics}
+    if not metrics:
+        return None
+    epoch = run.data.tags.get("seqtrack.epoch") or run.data.params.get("eval.epoch")
+    sequences = run.data.params.get("eval.sequences", "")
+    return {"run_id": run.info.run_id, "epoch": int(epoch) if str(epoch or "").isdigit() else None,
+            "data_source": run.data.params.get("data.source", ""),
+            "classes": run.data.params.get("data.classes", ""),
+            "sequences": len([s for s in sequences.split(",") if s]) or None, "metrics": metrics}
+
+
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
     with tracking_errors(f"tagging run {run_id}"):
         client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

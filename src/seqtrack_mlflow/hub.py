@@ -10,6 +10,15 @@
 - Uploads are one commit (`HfApi.create_commit`), whatever the transport (Xet or plain LFS).
   The client compares its local hashes with the `oid`s the Hub reports for the same paths and
   drops unchanged files, so re-uploading identical files sends no bytes and makes no commit.
+  `upload_folder(..., delete_others=True)` also deletes, in that same commit, every file of the
+  branch that the folder does not hold (except .gitattributes): the branch then holds exactly
+  the folder.
+- Transport: the client uploads through Xet (hf-xet) when it is installed. A Hub that refuses
+  Xet (its xet-write-token endpoint answers 4xx/5xx, as self-hosted or older Hubs and the test
+  fake do) makes `upload_folder` log one warning and redo the same commit over plain LFS
+  (huggingface_hub 2.4 itself has no such fallback). HF_HUB_DISABLE_XET=1 goes to LFS directly.
+- Model cards are rendered with `ModelCard` / `ModelCardData` (`render_model_card`); the Hub
+  checks their metadata (POST /api/validate-yaml) in the commit that uploads README.md.
 """
 
 from __future__ import annotations
@@ -17,13 +26,23 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+import huggingface_hub.constants as _hf_constants
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    hf_hub_download,
+)
 from huggingface_hub import get_token as _hf_get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,  # RemoteEntryNotFoundError and its local twin
@@ -67,6 +86,10 @@ class UploadResult:
     """False when every file was already on the Hub with the same content (no commit made)."""
     files: list[str] = field(default_factory=list)
     """Paths in the repo that were part of the upload (changed or not)."""
+    deleted: list[str] = field(default_factory=list)
+    """Paths deleted in the same commit (delete_others=True): files the folder did not hold."""
+    transport: str = "xet"
+    """'xet', or 'lfs' when Xet was disabled or refused by the Hub."""
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -162,7 +185,9 @@ def _hub_errors(action: str, token: str | None, endpoint: str | None) -> Iterato
                               f"{_first_line(cause)}); rerun the same command: files already on "
                               f"the Hub are not sent again", token)) from None
     except ValueError as exc:  # client-side validation, e.g. README metadata refused
-        raise HubError(_scrub(f"{action}: {_first_line(exc)}", token)) from None
+        # The Hub's reasons follow on "- ..." lines: keep them, on the one line.
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise HubError(_scrub(f"{action}: {text or type(exc).__name__}", token)) from None
 
 
 # -- repositories -----------------------------------------------------------------------------
@@ -208,11 +233,14 @@ def remote_sha256(repo_id: str, token: str | None = None, endpoint: str | None =
 def upload_folder(repo_id: str, folder: str | Path, token: str | None, endpoint: str | None = None,
                   private: bool = False, revision: str | None = None,
                   commit_message: str = "Upload with seqtrack-mlflow",
-                  commit_description: str | None = None, create: bool = True) -> UploadResult:
+                  commit_description: str | None = None, create: bool = True,
+                  delete_others: bool = False, keep: tuple[str, ...] = (".gitattributes",)) -> UploadResult:
     """Upload every file under `folder` (paths kept) in ONE commit to `revision` (default main).
 
     Creates the repo (and the branch) if needed. Files already on the Hub with identical content
-    are skipped by the client; when nothing changed no commit is made and `changed` is False.
+    are skipped by the client; when nothing changed (and nothing is deleted) no commit is made
+    and `changed` is False. `delete_others`: the same commit deletes every file of the branch
+    that `folder` does not hold, except the paths in `keep`.
     """
     token = get_token(token)
     folder = Path(folder)
@@ -228,15 +256,109 @@ def upload_folder(repo_id: str, folder: str | Path, token: str | None, endpoint:
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         before = head_commit(repo_id, token, endpoint, revision)
-        operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(),
-                                         path_or_fileobj=str(p)) for p in files]
+        paths = [p.relative_to(folder).as_posix() for p in files]
+        deleted: list[str] = []
+        if delete_others and before is not None:
+            remote = api.list_repo_files(repo_id, revision=before)
+            deleted = sorted(set(remote) - set(paths) - set(keep))
+
+        def operations() -> list:
+            # Fresh objects per attempt: the client records upload state on them.
+            return ([CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(p)) for rel, p in zip(paths, files)]
+                    + [CommitOperationDelete(path_in_repo=rel) for rel in deleted])
+
         started = time.monotonic()
-        info = api.create_commit(repo_id, operations, commit_message=commit_message,
-                                 commit_description=commit_description, revision=revision)
+        # parent_commit: if someone else committed since `before`, fail instead of deleting
+        # files we never saw.
+        kwargs = {"commit_message": commit_message, "commit_description": commit_description,
+                  "revision": revision, "parent_commit": before if deleted else None}
+        transport = "lfs" if not _xet_enabled() else "xet"
+        try:
+            info = api.create_commit(repo_id, operations(), **kwargs)
+        except OSError as exc:  # hf-xet raises ConnectionError (an OSError)
+            if transport != "xet" or not _is_xet_refusal(exc):
+                raise
+            log.warning("the Hub at %s refused Xet storage (%s); uploading over plain LFS instead",
+                        resolve_endpoint(endpoint), _scrub(_first_line(exc), token))
+            transport = "lfs"
+            with _xet_disabled():
+                info = api.create_commit(repo_id, operations(), **kwargs)
     changed = info.oid != before
-    log.debug("commit %s after %.1f s (changed: %s)", info.oid, time.monotonic() - started, changed)
+    log.debug("commit %s after %.1f s (changed: %s, transport %s)", info.oid,
+              time.monotonic() - started, changed, transport)
     return UploadResult(repo_url=url, commit=info.oid, commit_url=str(info.commit_url),
-                        changed=changed, files=[op.path_in_repo for op in operations])
+                        changed=changed, files=paths, deleted=deleted, transport=transport)
+
+
+# -- Xet -> LFS fallback ----------------------------------------------------------------------
+_XET_LOCK = threading.Lock()
+
+
+def _xet_enabled() -> bool:
+    from huggingface_hub.utils import is_package_available
+
+    return not _hf_constants.HF_HUB_DISABLE_XET and is_package_available("hf_xet")
+
+
+def _is_xet_refusal(exc: BaseException) -> bool:
+    """hf-xet reports a refused token request as ConnectionError('... xet-write-token ...');
+    the client has no fallback of its own (huggingface_hub 2.4 _commit_api._upload_files)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "xet-write-token" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def _xet_disabled() -> Iterator[None]:
+    """The client reads constants.HF_HUB_DISABLE_XET at every upload; flip it for one call.
+    The lock keeps a concurrent background upload from restoring it half way."""
+    with _XET_LOCK:
+        previous = _hf_constants.HF_HUB_DISABLE_XET
+        _hf_constants.HF_HUB_DISABLE_XET = True
+        try:
+            yield
+        finally:
+            _hf_constants.HF_HUB_DISABLE_XET = previous
+
+
+# -- tags -------------------------------------------------------------------------------------
+def tag_commit(repo_id: str, tag: str, commit: str, token: str | None, endpoint: str | None = None,
+               message: str | None = None) -> bool:
+    """Point git tag `tag` at `commit` (created, or moved when it points elsewhere).
+
+    Returns True when the tag was created or moved, False when it already pointed there.
+    """
+    token = get_token(token)
+    api = _api(endpoint, token)
+    with _hub_errors(f"tag {repo_id} {tag}", token, endpoint):
+        current = {t.name: t.target_commit for t in api.list_repo_refs(repo_id).tags}
+        if current.get(tag) == commit:
+            return False
+        if tag in current:
+            api.delete_tag(repo_id, tag=tag)
+        api.create_tag(repo_id, tag=tag, revision=commit, tag_message=message)
+    return True
+
+
+def list_tags(repo_id: str, token: str | None = None, endpoint: str | None = None) -> dict[str, str]:
+    """{tag: commit} of the repo."""
+    with _hub_errors(f"list tags of {repo_id}", token, endpoint):
+        return {t.name: t.target_commit for t in _api(endpoint, token).list_repo_refs(repo_id).tags}
+
+
+# -- model cards ------------------------------------------------------------------------------
+def render_model_card(metadata: dict[str, Any], body: str, model_name: str = "",
+                      eval_results: list[dict[str, Any]] | None = None) -> str:
+    """README.md text: YAML front matter from `ModelCardData` (metadata keys as the Hub names
+    them, plus extra keys kept as is) and `body` below it. `eval_results`: dicts of
+    `EvalResult` fields; they become the card's model-index under `model_name`."""
+    results = [EvalResult(**r) for r in (eval_results or [])]
+    data = ModelCardData(**metadata, model_name=model_name or None, eval_results=results or None)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}", ignore_metadata_errors=False)
+    return str(card)
 
 
 # -- downloads --------------------------------------------------------------------------------
@@ -260,3 +382,15 @@ def download_file(repo_id: str, filename: str, repo_type: str, dest_dir: str | P
                                local_dir=str(dest_dir), endpoint=resolve_endpoint(endpoint),
                                token=token or False)
     return Path(path)
+
+
+def cached_file(repo_id: str, filename: str, revision: str | None = None, token: str | None = None,
+                endpoint: str | None = None, repo_type: str = "model") -> Path:
+    """One file of a repo in the Hugging Face cache (HF_HOME), downloaded if needed: what
+    `from_pretrained` reads. A missing file raises RemoteFileMissing."""
+    token = get_token(token, required=False)
+    action = f"download {filename} from {repo_url(repo_id, endpoint, repo_type)}" + (
+        f" at {revision}" if revision else "")
+    with _hub_errors(action, token, endpoint):
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                    endpoint=resolve_endpoint(endpoint), token=token or False))

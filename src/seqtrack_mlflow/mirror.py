@@ -1,51 +1,93 @@
-"""Mirror a training run to a Hugging Face model repo (`mirror`), and fetch a checkpoint back
-(`fetch-hub`).
+"""Mirror a training run to a Hugging Face model repo (`mirror`), fetch files back
+(`fetch-hub`), and push each epoch while training runs (`EpochUploader`).
+
+Repo layout (PyTorchModelHubMixin's at the root, so `SeqTrack.from_pretrained(repo_id)` and Hub
+tooling find the model):
+
+    README.md                               model card (model_card.py, ModelCard/ModelCardData)
+    config.json, model.safetensors          the best epoch (highest epoch/val_iou, earliest on ties)
+    checkpoints/epoch_N/config.json         every epoch's weights, same format
+    checkpoints/epoch_N/model.safetensors
+    resume/epoch_N.ckpt                     the full training state (optimizer, scheduler, RNG):
+                                            what `train --resume` takes; loads weights_only=True
+    manifest.json                           every other file with its sha256 and size
+    config.yaml, training_log.txt, report.md, dataset_summary.json   the run's own artifacts
+
+Hygiene (chosen: one run per branch state, not one path per run): a mirror makes the branch hold
+exactly the mirrored run; files of an earlier run that this one does not have (a 2-epoch run's
+epoch 2 after a 1-epoch run) are deleted in the same commit. Each mirrored run gets the git tag
+`run-<run_id[:8]>` on its commit, so `revision="run-1a2b3c4d"` keeps pinning that run after
+`main` moved on to another.
 
 `mirror`, step by step (each step logs one line with its duration):
 1. token: HF_TOKEN or the `hf auth login` token; none -> HubError before any request.
-2. run: `--run-id`, or the newest FINISHED training run of the active experiment.
+2. run: `run_id`, or the newest FINISHED training run of the active experiment.
 3. artifacts: downloaded through MLflow into a temporary folder.
-4. verify: every `checkpoints/epoch_N.ckpt` is listed in `checkpoints/manifest.json`, has the
-   sha256 and size the trainer recorded there, and loads with the safe loader
-   (`load_checkpoint`, weights only) holding the same epoch. Anything else is refused before a
-   single byte is sent.
-5. model card: README.md built from the run (model_card.py).
-6. upload: checkpoints/ (with manifest.json), training_log.txt, report.md, config.yaml,
-   dataset_summary.json and README.md in ONE commit; the repo is created if needed. Files the
-   Hub already has with the same content are skipped by the client, so mirroring the same run
-   again uploads nothing and makes no commit ("already up to date at commit ...").
-7. tags: the MLflow run gets `hub.repo_url`, `hub.repo_id`, `hub.revision`, `hub.commit`.
-`--dry-run` stops after step 5 and lists what would be uploaded; it sends nothing.
+4. verify: every `checkpoints/epoch_N.ckpt` is listed in the run's `checkpoints/manifest.json`,
+   has the sha256 and size the trainer recorded there, and loads with the safe loader holding
+   the same epoch. Anything else is refused before a single byte is sent.
+5. export: safetensors + config.json per epoch, the best epoch at the root, manifest.json,
+   model card (with model-index when the run has a FINISHED evaluation).
+6. upload: ONE commit, stale files deleted in it; the repo is created if needed. Files the Hub
+   already has with the same content are skipped by the client, so mirroring the same run again
+   sends no bytes and makes no commit ("already up to date at commit ...").
+7. tag `run-<id[:8]>` on the commit; the MLflow run gets `hub.repo_url`, `hub.repo_id`,
+   `hub.revision`, `hub.commit`, `hub.tag`.
+`dry_run` stops after step 5 and returns what would be uploaded; it sends nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import queue
+import re
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
 from seqtrack_mlflow import experiment, hub
-from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
-from seqtrack_mlflow.model_card import CardInputs, EpochRow, build_model_card
+from seqtrack_mlflow.errors import CheckpointError, HubError, SeqTrackError, TrackingError
+from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "checkpoints/manifest.json"
-# Run artifacts uploaded next to the checkpoints (a missing one is reported, not fatal).
+RUN_MANIFEST = "checkpoints/manifest.json"  # the trainer's, in the run's artifacts
+MANIFEST = "manifest.json"  # the repo's: every file with sha256
+MANIFEST_FORMAT = "seqtrack-mlflow-hub/1"
+CONFIG_NAME = "config.json"  # = model.seqtrack.HUB_CONFIG_NAME (not imported: keeps torch-free)
+WEIGHTS_NAME = "model.safetensors"  # = model.seqtrack.HUB_WEIGHTS_NAME
+# Run artifacts uploaded as they are (a missing one is reported, not fatal).
 RUN_FILES = ("training_log.txt", "report.md", "config.yaml", "dataset_summary.json")
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
 EPOCH_METRICS = {"train_loss": "epoch/train_loss", "val_iou": "epoch/val_iou",
                  "best_val_iou": "epoch/best_val_iou", "seconds": "epoch/seconds"}
+VAL_IOU = EPOCH_METRICS["val_iou"]
+# ModelConfig keys that only matter while training: not part of an exported config.json.
+_TRAIN_ONLY_MODEL_KEYS = ("pretrained",)
+
+
+def run_tag(run_id: str) -> str:
+    """The git tag of a mirrored run: `run-<first 8 characters of the MLflow run id>`."""
+    return f"run-{run_id[:8]}"
+
+
+def weights_dir(epoch: int) -> str:
+    return f"checkpoints/epoch_{epoch}"
+
+
+def resume_path(epoch: int) -> str:
+    return f"resume/{checkpoint_name(epoch)}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,10 @@ class MirrorResult:
     commit: str | None  # None for a dry run
     changed: bool
     files: list[str]
+    deleted: list[str] = field(default_factory=list)
+    tag: str = ""
+    best_epoch: int | None = None
+    bytes: int = 0
 
 
 @contextmanager
@@ -67,19 +113,19 @@ def _step(what: str) -> Iterator[None]:
 # -- verification -----------------------------------------------------------------------------
 def read_manifest(folder: Path) -> list[dict[str, Any]]:
     """The trainer's checkpoint manifest under `folder` (a run's artifact root), validated."""
-    path = folder / MANIFEST
+    path = folder / RUN_MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"{MANIFEST} is missing from the run's artifacts: without the trainer's "
+        raise CheckpointError(f"{RUN_MANIFEST} is missing from the run's artifacts: without the trainer's "
                               f"sha256 list the checkpoints cannot be verified")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))["checkpoints"]
         entries = [{"file": str(e["file"]), "epoch": int(e["epoch"]), "sha256": str(e["sha256"]).lower(),
                     "bytes": int(e["bytes"]) if e.get("bytes") is not None else None} for e in entries]
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{MANIFEST}: not a checkpoint manifest ({type(exc).__name__}: {exc}); "
+        raise CheckpointError(f"{RUN_MANIFEST}: not a checkpoint manifest ({type(exc).__name__}: {exc}); "
                               'expected {"checkpoints": [{"file", "epoch", "sha256", "bytes"}]}') from None
     if not entries:
-        raise CheckpointError(f"{MANIFEST} lists no checkpoints")
+        raise CheckpointError(f"{RUN_MANIFEST} lists no checkpoints")
     return sorted(entries, key=lambda e: e["epoch"])
 
 
@@ -95,16 +141,16 @@ def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
     present = {p.name for p in ckpt_dir.glob("*.ckpt")}
     listed = {e["file"] for e in entries}
     if present - listed:
-        raise CheckpointError(f"checkpoints/{sorted(present - listed)[0]} is not listed in {MANIFEST}; "
+        raise CheckpointError(f"checkpoints/{sorted(present - listed)[0]} is not listed in {RUN_MANIFEST}; "
                               f"refusing to upload an unverified checkpoint")
     for entry in entries:
         path = ckpt_dir / entry["file"]
         name = f"checkpoints/{entry['file']}"
         if entry["file"] != checkpoint_name(entry["epoch"]):
-            raise CheckpointError(f"{MANIFEST}: {entry['file']!r} should be named "
+            raise CheckpointError(f"{RUN_MANIFEST}: {entry['file']!r} should be named "
                                   f"{checkpoint_name(entry['epoch'])!r} for epoch {entry['epoch']}")
         if not path.is_file():
-            raise CheckpointError(f"{name} is listed in {MANIFEST} but missing from the run's artifacts")
+            raise CheckpointError(f"{name} is listed in {RUN_MANIFEST} but missing from the run's artifacts")
         size = path.stat().st_size
         if entry["bytes"] is not None and size != entry["bytes"]:
             raise CheckpointError(f"{name}: {size} bytes but the manifest records {entry['bytes']}; "
@@ -148,8 +194,105 @@ def _load_optional(path: Path, parse) -> Any:
         return None
 
 
-def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """Download the run's artifacts, verify them, and lay out the upload folder with README.md."""
+# -- export: checkpoint -> Hub layout ------------------------------------------------------------
+def export_pretrained(state: dict[str, Any], folder: Path, run_id: str = "") -> list[Path]:
+    """Write `config.json` + `model.safetensors` of a checkpoint state into `folder`.
+
+    config.json: the run's ModelConfig fields at the top level (as PyTorchModelHubMixin stores
+    init kwargs), `tracker` (the crop factors the weights were trained with) and provenance.
+    The bytes depend only on the checkpoint, so re-exporting gives identical files.
+    """
+    from safetensors.torch import save_file
+
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    model_cfg = {k: v for k, v in dict(config.get("model") or {}).items() if k not in _TRAIN_ONLY_MODEL_KEYS}
+    data_cfg = dict(config.get("data") or {})
+    document = {
+        **model_cfg,
+        "tracker": {k: data_cfg[k] for k in ("template_factor", "search_factor") if k in data_cfg},
+        "seqtrack_mlflow": {"format": MANIFEST_FORMAT, "epoch": int(state["epoch"]), "seed": state.get("seed"),
+                            "mlflow_run_id": run_id or state.get("run_id", ""),
+                            "data_source": data_cfg.get("source", ""),
+                            "classes": data_cfg.get("classes", [])},
+    }
+    # clone(): safetensors refuses tensors that share storage; contiguous() its layout rule.
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state["model_state_dict"].items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    # One metadata key only: safetensors writes a multi-key metadata map in random (hash map)
+    # order, which would change the file's bytes, and so re-upload it, at every mirror.
+    # Epoch and run id are in config.json.
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
+
+
+def write_manifest(stage: Path, run_id: str, best_epoch: int | None, epochs: list[int],
+                   known: dict[str, str] | None = None) -> dict[str, Any]:
+    """manifest.json at the root of `stage`: every other file with sha256 and size.
+
+    `known`: sha256 already computed for some paths (the verified resume checkpoints), so a
+    1 GB file is not hashed twice.
+    """
+    known = known or {}
+    files = {}
+    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+        rel = path.relative_to(stage).as_posix()
+        if rel == MANIFEST:
+            continue
+        files[rel] = {"sha256": known.get(rel) or sha256_file(path), "bytes": path.stat().st_size}
+    document = {"format": MANIFEST_FORMAT, "mlflow_run_id": run_id, "best_epoch": best_epoch,
+                "epochs": sorted(epochs), "files": files}
+    (stage / MANIFEST).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return document
+
+
+def choose_best_epoch(run_id: str, epochs: list[int], last_state: dict[str, Any] | None) -> tuple[int, str]:
+    """(epoch, why) of the root weights: the highest epoch/val_iou among the checkpoints
+    (earliest on ties, as evaluate's 'best'), else the last checkpoint's val_iou history, else
+    the last epoch."""
+    points = [(s, v) for s, v in experiment.metric_points(run_id, VAL_IOU) if s in epochs and not math.isnan(v)]
+    if not points and last_state is not None:
+        history = last_state.get("metrics") if isinstance(last_state.get("metrics"), list) else []
+        points = [(i + 1, float(h["val_iou"])) for i, h in enumerate(history)
+                  if isinstance(h, dict) and isinstance(h.get("val_iou"), (int, float))
+                  and i + 1 in epochs and not math.isnan(h["val_iou"])]
+    if points:
+        epoch, value = max(points, key=lambda p: (p[1], -p[0]))
+        return epoch, f"best validation IoU {value:.4f}"
+    return max(epochs), "last epoch (no validation IoU recorded)"
+
+
+def dataset_revision(config: dict[str, Any], summary: Any) -> str:
+    """What data the run saw, in one token: `sample-vN` for the bundled sample (its generator
+    version, from the data folder's name), the LaSOT revision when the run recorded one, else
+    'main (unpinned)' for LaSOT."""
+    data = dict(config.get("data") or {}) if isinstance(config, dict) else {}
+    summary = summary if isinstance(summary, dict) else {}
+    for value in (data.get("revision"), summary.get("revision"), summary.get("dataset_revision")):
+        if value:
+            return str(value)
+    source = data.get("source") or summary.get("source") or ""
+    if source == "sample":
+        match = re.search(r"sample-v\d+", str(summary.get("root", "")))
+        return match.group(0) if match else "sample"
+    if source == "lasot":
+        return "main (unpinned)"
+    return ""
+
+
+def latest_evaluation(run_id: str) -> Evaluation | None:
+    found = experiment.latest_evaluation(run_id)
+    if found is None:
+        return None
+    return Evaluation(run_id=found["run_id"], epoch=found.get("epoch"), data_source=found.get("data_source", ""),
+                      classes=found.get("classes", ""), sequences=found.get("sequences"),
+                      metrics=found.get("metrics", {}))
+
+
+# -- run -> upload folder ---------------------------------------------------------------------
+def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, dict[str, Any]]:
+    """Download the run's artifacts, verify them, and lay out the upload folder (see the module
+    docstring). Returns (folder, its manifest)."""
     run_id = run.info.run_id
     artifacts = workdir / "artifacts"
     with _step(f"downloaded the artifacts of run {run_id} (checkpoints/ and {', '.join(RUN_FILES)})"):
@@ -162,103 +305,303 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, list[dict[st
                 experiment.download_artifacts(run_id, name, artifacts)
             except TrackingError:
                 pass  # reported below
-    with _step("verified checkpoints against the manifest (sha256, size, safe load)"):
+    with _step("verified checkpoints against the run's manifest (sha256, size, safe load)"):
         entries = verify_checkpoints(artifacts)
     stage = workdir / "upload"
-    (stage / "checkpoints").mkdir(parents=True)
-    for entry in entries:
-        shutil.move(artifacts / "checkpoints" / entry["file"], stage / "checkpoints" / entry["file"])
-    shutil.move(artifacts / MANIFEST, stage / MANIFEST)
-    present = []
+    epochs = [e["epoch"] for e in entries]
+    known: dict[str, str] = {}
+    last_state: dict[str, Any] | None = None
+    with _step(f"exported {len(entries)} epoch(s) to safetensors"):
+        for entry in entries:
+            source = artifacts / "checkpoints" / entry["file"]
+            state = load_checkpoint(source)
+            export_pretrained(state, stage / weights_dir(entry["epoch"]), run_id)
+            target = stage / resume_path(entry["epoch"])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, target)
+            known[resume_path(entry["epoch"])] = entry["sha256"]
+            last_state = state
+    best, reason = choose_best_epoch(run_id, epochs, last_state)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copyfile(stage / weights_dir(best) / name, stage / name)
     for name in RUN_FILES:
         if (artifacts / name).is_file():
             shutil.move(artifacts / name, stage / name)
-            present.append(name)
         else:
             log.warning("run %s has no %s artifact; mirroring without it", run_id, name)
     config = _load_optional(stage / "config.yaml", yaml.safe_load)
     if not isinstance(config, dict):
         config = dict(run.data.params)  # flat keys such as train.epochs: still a usable table
+    summary = _load_optional(stage / "dataset_summary.json", json.loads)
+    evaluation = latest_evaluation(run_id)
+    # README.md is written after the manifest (it lists the manifest's files), then added to it.
+    manifest = write_manifest(stage, run_id, best, epochs, known)
     inputs = CardInputs(
         repo_id=repo_id, run_id=run_id, run_name=run.info.run_name or "",
         git_commit=run.data.tags.get("mlflow.source.git.commit", ""),
-        config=config, dataset_summary=_load_optional(stage / "dataset_summary.json", json.loads),
-        epochs=epoch_rows(run_id), checkpoints=entries,
-        files=[MANIFEST] + present)
+        config=config, dataset_summary=summary, dataset_revision=dataset_revision(config, summary),
+        epochs=epoch_rows(run_id), best_epoch=best, best_reason=reason, checkpoint_epochs=epochs,
+        files=manifest["files"], evaluation=evaluation)
     (stage / "README.md").write_text(build_model_card(inputs), encoding="utf-8")
-    return stage, entries
+    known.update({path: meta["sha256"] for path, meta in manifest["files"].items()})
+    manifest = write_manifest(stage, run_id, best, epochs, known)
+    return stage, manifest
 
 
 def mirror_run(run_id: str = "", repo_id: str = "", experiment_name: str = "", revision: str | None = None,
                private: bool = False, dry_run: bool = False, token: str | None = None,
                endpoint: str | None = None) -> MirrorResult:
-    """Verify a run's checkpoints and upload them with the model card in one commit."""
+    """Verify a run's checkpoints and make the repo branch hold exactly this run, in one commit."""
     started = time.monotonic()
     if not repo_id or "/" not in repo_id:
         raise HubError(f"--repo-id must be 'namespace/name', got {repo_id!r}")
+    revision = revision or None
     if not dry_run:
         token = hub.get_token(token)  # fail fast: no token, no request
     run = _resolve_run(run_id, experiment_name)
     run_id = run.info.run_id
     url = hub.repo_url(repo_id, endpoint)
+    tag = run_tag(run_id)
     log.info("mirroring run %s (%s) to %s", run_id, run.info.run_name or "unnamed", url)
     with tempfile.TemporaryDirectory(prefix="seqtrack-mirror-") as tmp:
-        stage, entries = prepare_upload(run, repo_id, Path(tmp))
+        stage, manifest = prepare_upload(run, repo_id, Path(tmp))
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
         total = sum((stage / f).stat().st_size for f in files)
         if dry_run:
             for f in files:
-                log.info("would upload %-34s %12d bytes", f, (stage / f).stat().st_size)
-            log.info("dry run: %d files (%.1f MB) verified for %s@%s; nothing was sent",
-                     len(files), total / 1e6, url, revision or "main")
-            return MirrorResult(run_id, url, None, False, files)
-        message = f"Mirror MLflow run {run_id}: {len(entries)} checkpoint(s)"
+                log.info("would upload %-44s %12d bytes", f, (stage / f).stat().st_size)
+            log.info("dry run: %d files (%.1f MB) verified for %s@%s (tag %s); files of other runs "
+                     "there would be deleted; nothing was sent", len(files), total / 1e6, url,
+                     revision or "main", tag)
+            return MirrorResult(run_id, url, None, False, files, tag=tag, best_epoch=manifest["best_epoch"],
+                                bytes=total)
+        message = f"Mirror MLflow run {run_id}: {len(manifest['epochs'])} epoch(s), best {manifest['best_epoch']}"
         with _step(f"upload of {len(files)} files ({total / 1e6:.1f} MB) to {url} finished"):
             result = hub.upload_folder(repo_id, stage, token, endpoint=endpoint, private=private,
                                        revision=revision, commit_message=message,
-                                       commit_description=f"MLflow run id: {run_id}")
+                                       commit_description=f"MLflow run id: {run_id}", delete_others=True)
+    if result.deleted:
+        log.info("deleted %d file(s) of another run in the same commit: %s", len(result.deleted),
+                 ", ".join(result.deleted[:8]) + (" ..." if len(result.deleted) > 8 else ""))
     if result.changed:
-        log.info("uploaded run %s to %s in one commit %s (%.1f s in all)", run_id, result.repo_url,
-                 result.commit, time.monotonic() - started)
+        log.info("uploaded run %s to %s in one commit %s (%.1f s in all, over %s)", run_id, result.repo_url,
+                 result.commit, time.monotonic() - started, result.transport)
     else:
         log.info("already up to date at commit %s: %s holds every file of run %s; nothing uploaded",
                  result.commit, result.repo_url, run_id)
+    if hub.tag_commit(repo_id, tag, result.commit, token, endpoint=endpoint,
+                      message=f"MLflow run {run_id}"):
+        log.info("tagged commit %s as %s", result.commit, tag)
     experiment.set_run_tags(run_id, {"hub.repo_url": result.repo_url, "hub.repo_id": repo_id,
-                                   "hub.revision": revision or "main", "hub.commit": result.commit})
-    log.info("tagged MLflow run %s with hub.repo_url and hub.commit", run_id)
-    return MirrorResult(run_id, result.repo_url, result.commit, result.changed, result.files)
+                                   "hub.revision": revision or "main", "hub.commit": result.commit,
+                                   "hub.tag": tag})
+    log.info("tagged MLflow run %s with hub.repo_url, hub.commit and hub.tag", run_id)
+    return MirrorResult(run_id, result.repo_url, result.commit, result.changed, result.files,
+                        deleted=result.deleted, tag=tag, best_epoch=manifest["best_epoch"], bytes=total)
 
 
 # -- fetch back -------------------------------------------------------------------------------
+def fetch_file(repo_id: str, filename: str, dest: str | Path = ".", revision: str | None = None,
+               token: str | None = None, endpoint: str | None = None) -> Path:
+    """Download `filename` into dest after checking it is listed in the repo's manifest.json,
+    and check its sha256 against that listing. An unlisted file is refused before it is
+    downloaded; an altered one is deleted and refused (CheckpointError, one line)."""
+    token = hub.get_token(token, required=False)  # public repos need none
+    at = revision or "main"
+    dest = Path(dest)
+    try:
+        manifest_path = hub.download_file(repo_id, MANIFEST, "model", dest, token=token, endpoint=endpoint,
+                                          revision=revision)
+    except hub.RemoteFileMissing:
+        raise CheckpointError(f"{repo_id}@{at} has no {MANIFEST}: its files cannot be verified; mirror "
+                              f"the run again with this version") from None
+    try:
+        listing = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+        expected = {str(k): str(v["sha256"]).lower() for k, v in listing.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{repo_id}@{at}: {MANIFEST} is not a seqtrack-mlflow manifest "
+                              f"({type(exc).__name__})") from None
+    if filename not in expected:
+        raise CheckpointError(f"{repo_id}@{at}: {filename} is not listed in {MANIFEST}; refusing an "
+                              f"unverified file (listed: {_listed_summary(expected)})")
+    with _step(f"downloaded {filename} from {hub.repo_url(repo_id, endpoint)}@{at}"):
+        path = hub.download_file(repo_id, filename, "model", dest, token=token, endpoint=endpoint,
+                                 revision=revision)
+    digest = sha256_file(path)
+    if digest != expected[filename]:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"{repo_id}@{at}: {filename} has sha256 {digest[:16]}… but {MANIFEST} "
+                              f"lists {expected[filename][:16]}…; the file was altered; deleted it")
+    return path
+
+
+def _listed_summary(expected: dict[str, str]) -> str:
+    epochs = sorted(int(m.group(1)) for f in expected if (m := re.fullmatch(r"resume/epoch_(\d+)\.ckpt", f)))
+    return f"resume epochs {', '.join(map(str, epochs)) or 'none'}, {len(expected)} files in all"
+
+
 def fetch_checkpoint(repo_id: str, epoch: int, dest: str | Path = ".", revision: str | None = None,
                      token: str | None = None, endpoint: str | None = None) -> Path:
-    """Download checkpoints/epoch_N.ckpt from the Hub into dest, check it against the repo's
-    manifest (when there is one) and load it with the safe loader. Returns its path."""
-    token = hub.get_token(token, required=False)  # public repos need none
-    filename = f"checkpoints/{checkpoint_name(epoch)}"
-    with _step(f"downloaded {filename} from {hub.repo_url(repo_id, endpoint)}"):
-        try:
-            path = hub.download_file(repo_id, filename, "model", dest, token=token, endpoint=endpoint,
-                                     revision=revision)
-        except hub.RemoteFileMissing:
-            files = hub.list_repo_files(repo_id, token=token, endpoint=endpoint, revision=revision)
-            epochs = sorted(int(f[len("checkpoints/epoch_"):-5]) for f in files
-                            if f.startswith("checkpoints/epoch_") and f.endswith(".ckpt"))
-            raise HubError(f"{repo_id} has no {filename} at {revision or 'main'}; epochs there: "
-                           f"{', '.join(map(str, epochs)) or 'none'}") from None
-    try:
-        manifest = hub.download_file(repo_id, MANIFEST, "model", dest, token=token, endpoint=endpoint,
-                                     revision=revision)
-        expected = {e["file"]: e["sha256"] for e in read_manifest(manifest.parents[1])}
-    except (hub.RemoteFileMissing, CheckpointError, TrackingError) as exc:
-        log.warning("no usable %s in %s (%s); skipping the sha256 check", MANIFEST, repo_id, exc)
-        expected = {}
-    if path.name in expected:
-        digest = sha256_file(path)
-        if digest != expected[path.name]:
-            raise CheckpointError(f"{path}: sha256 {digest} differs from the repo manifest's "
-                                  f"{expected[path.name]}")
+    """Download resume/epoch_N.ckpt, verify it against the repo's manifest.json and load it with
+    the safe loader. Returns its path."""
+    path = fetch_file(repo_id, resume_path(epoch), dest, revision=revision, token=token, endpoint=endpoint)
     state = load_checkpoint(path)
     log.info("checkpoint %s loads: epoch %s, seed %s, %d tensors in model_state_dict", path,
              state["epoch"], state["seed"], len(state["model_state_dict"]))
     return path
+
+
+# -- push every epoch during training ----------------------------------------------------------
+class EpochUploader:
+    """Uploads each epoch to the Hub in a background thread while training goes on.
+
+    The trainer's hook, called after each checkpoint is written (rank 0 only):
+
+        uploader = EpochUploader(repo_id, run_id, revision=..., private=...)   # once, at start
+        uploader.on_checkpoint(epoch, checkpoint_path, val_iou)                # after each save
+        uploader.close(timeout=60)                                             # at the end
+
+    `on_checkpoint` only puts the epoch in a queue and returns at once (no hashing, no network):
+    the training loop never waits. The worker thread converts the epoch (safetensors +
+    config.json, the best epoch so far at the root), then makes ONE commit holding every epoch
+    not yet on the Hub and a manifest.json covering all epochs so far; the first commit also
+    deletes another run's files (the branch then holds only this run, as `mirror` leaves it).
+    A failed upload (network, Hub down) is logged and its epochs stay pending: the next epoch's
+    commit carries them, and `mirror` after training makes the repo complete in any case (it
+    also writes the model card and the run tag). Checkpoint files are never modified here;
+    exports go to a private temporary folder removed by `close`.
+    """
+
+    def __init__(self, repo_id: str, run_id: str, revision: str | None = None, private: bool = False,
+                 token: str | None = None, endpoint: str | None = None):
+        self.repo_id, self.run_id = repo_id, run_id
+        self.revision, self.private, self.endpoint = revision or None, private, endpoint
+        self.token = hub.get_token(token)  # no token: fail at start, not silently at every epoch
+        self._queue: queue.Queue = queue.Queue()
+        self._tmp = Path(tempfile.mkdtemp(prefix="seqtrack-push-"))
+        self._stage = self._tmp / "stage"
+        self._pending: dict[int, tuple[Path, float | None]] = {}
+        self._files: dict[str, dict[str, Any]] = {}  # manifest entries of epochs exported so far
+        self._val: dict[int, float] = {}
+        self._uploaded: set[int] = set()
+        self._first_commit = True
+        self._outstanding = 0  # queued epochs not yet attempted
+        self._done = threading.Condition()
+        self.last_error: str = ""
+        self.commits: list[str] = []
+        self._thread = threading.Thread(target=self._work, name="hub-epoch-uploader", daemon=True)
+        self._thread.start()
+
+    # -- the trainer's side ----------------------------------------------------------------------
+    def on_checkpoint(self, epoch: int, checkpoint: str | Path, val_iou: float | None = None) -> None:
+        """Queue epoch `epoch` (its complete checkpoint file) for upload; returns immediately."""
+        with self._done:
+            self._outstanding += 1
+        self._queue.put((int(epoch), Path(checkpoint), val_iou))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every queued epoch was attempted; True if that happened within `timeout`."""
+        with self._done:
+            return self._done.wait_for(lambda: self._outstanding == 0, timeout)
+
+    def close(self, timeout: float | None = 60.0) -> list[int]:
+        """Stop the worker after its current upload (waiting at most `timeout` s); returns the
+        epochs that are not on the Hub (for `mirror` to complete)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("hub upload still running after %.0f s; leaving it (run `mirror` afterwards)",
+                        timeout or 0)
+        else:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return sorted(set(self._pending) - self._uploaded)
+
+    # -- the worker ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        taken = 0
+        while True:
+            item = self._queue.get()
+            if item is not None:
+                epoch, path, val_iou = item
+                self._pending[epoch] = (path, val_iou)
+                taken += 1
+                if not self._queue.empty():
+                    continue  # more epochs queued already: one commit for all of them
+            try:
+                if taken:
+                    self._push()
+            finally:  # a bug in _push must not leave wait() hanging
+                with self._done:
+                    self._outstanding -= taken
+                    self._done.notify_all()
+                taken = 0
+            if item is None:
+                return
+
+    def _push(self) -> None:
+        todo = sorted(set(self._pending) - self._uploaded)
+        if not todo:
+            return
+        try:
+            upload = self._export(todo)
+            message = f"MLflow run {self.run_id}: epoch(s) {', '.join(map(str, todo))} (during training)"
+            result = hub.upload_folder(self.repo_id, upload, self.token, endpoint=self.endpoint,
+                                       private=self.private, revision=self.revision,
+                                       commit_message=message, delete_others=self._first_commit)
+        except (SeqTrackError, OSError) as exc:
+            self.last_error = str(exc)
+            log.warning("background upload of epoch(s) %s to %s failed (%s); retried with the next "
+                        "epoch, or run `mirror` after training", todo, self.repo_id, exc)
+            return
+        finally:
+            shutil.rmtree(self._tmp / "upload", ignore_errors=True)
+        self._first_commit = False
+        self._uploaded.update(todo)
+        self.commits.append(result.commit)
+        self.last_error = ""
+        log.info("pushed epoch(s) %s of run %s to %s (commit %s)", todo, self.run_id, result.repo_url,
+                 result.commit[:12])
+
+    def _export(self, todo: list[int]) -> Path:
+        """Folder of this commit: the new epochs, the root weights, manifest.json."""
+        for epoch in todo:
+            path, val_iou = self._pending[epoch]
+            folder = self._stage / weights_dir(epoch)
+            if not (folder / WEIGHTS_NAME).is_file():
+                export_pretrained(load_checkpoint(path), folder, self.run_id)
+                for name in (CONFIG_NAME, WEIGHTS_NAME):
+                    rel = f"{weights_dir(epoch)}/{name}"
+                    self._files[rel] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+                self._files[resume_path(epoch)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            if val_iou is not None and not math.isnan(val_iou):
+                self._val[epoch] = float(val_iou)
+        epochs = sorted(self._pending)
+        best = (max(self._val.items(), key=lambda p: (p[1], -p[0]))[0]
+                if self._val else max(epochs))
+        upload = self._tmp / "upload"
+        shutil.rmtree(upload, ignore_errors=True)
+        for epoch in todo:  # hard links: no copy of a 1 GB file
+            _link(self._stage / weights_dir(epoch), upload / weights_dir(epoch))
+            target = upload / resume_path(epoch)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link(self._pending[epoch][0], target)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            _link(self._stage / weights_dir(best) / name, upload / name)
+            self._files[name] = self._files[f"{weights_dir(best)}/{name}"]
+        document = {"format": MANIFEST_FORMAT, "mlflow_run_id": self.run_id, "best_epoch": best,
+                    "epochs": epochs, "files": dict(sorted(self._files.items())), "complete": False}
+        (upload / MANIFEST).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return upload
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link a file (or each file of a folder) to target; copy across file systems."""
+    if source.is_dir():
+        for item in source.iterdir():
+            _link(item, target / item.name)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copyfile(source, target)

@@ -157,6 +157,57 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> tuple[SeqTrack,
     return model.eval(), cfg
 
 
+def from_pretrained(repo_id_or_path: str | Path, revision: str | None = None, subfolder: str = "",
+                    token: str | None = None, endpoint: str | None = None,
+                    map_location: str | torch.device = "cpu") -> SeqTrack:
+    """A ready model (eval mode) from a Hub repo or a local folder in one call.
+
+    Reads `config.json` (ModelConfig fields at the top level, as PyTorchModelHubMixin writes
+    init kwargs) and `model.safetensors` (no pickle: nothing in the file can run code).
+    `revision` (branch, tag such as run-1a2b3c4d, or commit) pins a mirrored run;
+    `subfolder="checkpoints/epoch_3"` picks one epoch instead of the best. The crop geometry the
+    weights were trained with is in `model.tracker_settings` (TrackerConfig fields). Hub
+    downloads go through seqtrack_mlflow.hub (HF cache).
+    """
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from seqtrack_mlflow.model.seqtrack import HUB_CONFIG_NAME, HUB_WEIGHTS_NAME
+
+    names = [f"{subfolder.strip('/')}/{n}" if subfolder.strip("/") else n
+             for n in (HUB_CONFIG_NAME, HUB_WEIGHTS_NAME)]
+    local = Path(repo_id_or_path)
+    if local.is_dir():
+        config_path, weights_path = (local / n for n in names)
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"{path} does not exist; a pretrained folder holds "
+                                      f"{HUB_CONFIG_NAME} and {HUB_WEIGHTS_NAME}")
+    else:
+        from seqtrack_mlflow import hub
+
+        config_path, weights_path = (hub.cached_file(str(repo_id_or_path), n, revision=revision,
+                                                     token=token, endpoint=endpoint) for n in names)
+    source = f"{repo_id_or_path}: {names[1]}"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
+        model_cfg = Config.from_dict({"model": {k: v for k, v in config.items() if k in known}},
+                                     origin=f"{repo_id_or_path}: {names[0]}").model
+        state = load_file(str(weights_path), device="cpu")
+    except (ValueError, OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{source} cannot be read with {names[0]}: {exc}") from None
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    model = SeqTrack(model_cfg)
+    load_strict(model, state, source)
+    model.tracker_settings = {"template_size": model_cfg.template_size, "search_size": model_cfg.search_size,
+                              "num_templates": model_cfg.num_templates, **dict(config.get("tracker") or {})}
+    return model.to(map_location).eval()
+
+
 def official_key_shapes(path: Path = OFFICIAL_KEYS) -> dict[str, tuple[int, ...]]:
     """{name: shape} of the official B256 state dict, from official_keys.txt."""
     out = {}

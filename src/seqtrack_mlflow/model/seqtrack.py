@@ -32,6 +32,9 @@ from seqtrack_mlflow.model.decoder import SeqTrackDecoder
 from seqtrack_mlflow.model.vit import VisionTransformer
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
+# File names of the Hub layout (PyTorchModelHubMixin's, so Hub tooling recognises the repo).
+HUB_CONFIG_NAME = "config.json"
+HUB_WEIGHTS_NAME = "model.safetensors"
 
 
 def end_token(bins: int) -> int:
@@ -234,6 +237,19 @@ class SeqTrack(nn.Module):
         finally:
             for m in training:
                 m.training = True
+
+    # -- Hugging Face Hub (the PyTorchModelHubMixin layout: config.json + model.safetensors) ----
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_path, revision: str | None = None, subfolder: str = "",
+                        token: str | None = None, endpoint: str | None = None,
+                        map_location: str | torch.device = "cpu") -> "SeqTrack":
+        """A ready model (eval mode) from a Hub repo or a local folder in one call: see
+        `seqtrack_mlflow.model.load.from_pretrained`."""
+        from seqtrack_mlflow.model.load import from_pretrained
+
+        return from_pretrained(repo_id_or_path, revision=revision, subfolder=subfolder, token=token,
+                               endpoint=endpoint, map_location=map_location)
 
     # -- bookkeeping --------------------------------------------------------------------------
 

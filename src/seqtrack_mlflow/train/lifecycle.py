@@ -21,6 +21,9 @@ from seqtrack_mlflow.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
+# Seconds the end of training waits for a background Hub upload still running (hub.push_every_epoch).
+HUB_CLOSE_TIMEOUT = 600.0
+
 
 def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     """Train `cfg` in one MLflow run, always closed; returns the report (main rank) or ''.
@@ -42,13 +45,20 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
                  + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
                  f", {info.world} processes" if info.enabled else "")
     ckpt_dir = Path(cfg.train.output_dir) / run.run_id / names.CHECKPOINTS
+    uploader = None
     try:
+        if cfg.hub.push_every_epoch and info.is_main:  # before any epoch: no token fails here
+            from seqtrack_mlflow.mirror import EpochUploader
+
+            uploader = EpochUploader(cfg.hub.repo_id, run.run_id, revision=cfg.hub.revision,
+                                     private=cfg.hub.private)
         with StopFlag() as stop:
             try:
                 trainer = Trainer(cfg, device, run, stop, info, resume)
             finally:
                 if resume is not None:
                     resume.remove_download()  # its checkpoints are in this run's folder by now
+            trainer.checkpoint_hook = uploader.on_checkpoint if uploader else None
             trainer.fit()
     except StopRequested as exc:
         done = list_checkpoints(ckpt_dir) if info.is_main else []
@@ -73,5 +83,9 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
         raise
     finally:
         distributed.shutdown(info)
+    if uploader is not None:  # after a failure the daemon thread just ends with the process
+        missing = uploader.close(timeout=HUB_CLOSE_TIMEOUT)
+        if missing:
+            log.warning("epochs %s are not on the Hub yet: run `mirror --run-id %s`", missing, run.run_id)
     run.end("FINISHED")
     return getattr(trainer, "report_text", "")

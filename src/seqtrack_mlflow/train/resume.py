@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # Config keys that may differ between a checkpoint and the run resuming it without changing
 # the result (where outputs go, how data is loaded, how long to train).
 RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.output_dir", "train.workers", "train.device",
-                     "data.root", "data.keep_zip"}
+                     "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
+                     "hub.private"}
 
 
 @dataclasses.dataclass

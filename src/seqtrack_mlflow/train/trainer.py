@@ -90,6 +90,9 @@ class Trainer:
         self.global_samples = 0
         self.elapsed_before = 0.0  # seconds trained before a resume
         self.start_epoch = 1
+        # Called after each checkpoint is complete: (epoch, path, val_iou); must return at once
+        # (hub.push_every_epoch sets it to EpochUploader.on_checkpoint, which only queues).
+        self.checkpoint_hook = None
 
         # Data.
         self.dataset = open_dataset(cfg.data)
@@ -297,6 +300,8 @@ class Trainer:
         self.manifest.add(path, epoch)
         self.run.log_artifact(path, names.CHECKPOINTS)
         self.run.log_artifact(self.manifest.path, names.CHECKPOINTS)
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook(epoch, path, self.history[-1]["val_iou"] if self.history else None)
         self.run.store_once(path, names.CHECKPOINTS)
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
                  time.perf_counter() - t0)
