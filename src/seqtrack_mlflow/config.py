@@ -1,6 +1,6 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
-A config is three frozen sections (data, model, train) plus the seed. It is built once by
+A config is four frozen sections (data, model, train, track) plus the seed. It is built once by
 `load_config`, validated in one place (`validate`), and never mutated afterwards; code that
 needs a variant uses `dataclasses.replace`. Every rejection raises `ConfigError` with one line
 naming the key, the bad value and what is allowed.
@@ -142,6 +142,26 @@ class TrainConfig:
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
 
 
+TRACK_GEOMETRIES = ("official", "exact-corner")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Tracker settings (`evaluate`); crop factors and sizes come from the checkpoint's config."""
+
+    geometry: str = "official"
+    """'official' = the official tracker's crops and box mapping; 'exact-corner' = this project's
+    earlier variant (PIL crop, mapping through the rounded crop corner), see README."""
+    window: bool = True
+    """Hanning window on the cx, cy token probabilities (official TEST.WINDOW: true)."""
+    update_interval: int = 450
+    """Frames between template updates (official LaSOT 450)."""
+    update_threshold: float = 0.6
+    """Confidence score (sum of the 4 token probabilities x 10) needed to update (official 0.6)."""
+    clip_margin: float = 10.0
+    """Boxes stay on the image and at least this many pixels wide/high (official clip_box 10)."""
+
+
 @dataclass(frozen=True)
 class Config:
     seed: int = 8
@@ -149,6 +169,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples as lists), ready for YAML or a checkpoint."""
@@ -176,7 +197,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -340,3 +361,10 @@ def validate(cfg: Config) -> None:
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
+
+    k = cfg.track
+    _need(k.geometry in TRACK_GEOMETRIES, "track.geometry", k.geometry,
+          f"use one of {', '.join(TRACK_GEOMETRIES)}")
+    _need(k.update_interval >= 1, "track.update_interval", k.update_interval, "use an integer >= 1")
+    _need(k.clip_margin >= 1, "track.clip_margin", k.clip_margin,
+          "use >= 1 (px), else a box can collapse to a point")
