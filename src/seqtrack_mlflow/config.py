@@ -70,6 +70,15 @@ class DataConfig:
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool = False
     """Keep downloaded LaSOT class zips after extraction."""
+    crop_geometry: str = "exact-corner"
+    """Training crops and box labels: 'exact-corner' (PIL crop, box through the rounded crop
+    corner, / crop size) or 'official' (cv2 sample_target crop, box relative to the unrounded
+    centre at (size - 1) / 2, / (size - 1), as lib/train/data/processing_utils.py)."""
+    augment_on: str = "crops"
+    """Where the joint grayscale and flip act: 'crops' (cheap) or 'frames' (official: cv2 grey
+    and a flip of the whole frames, box x' = W - 1 - x - w, before cropping)."""
+    per_crop_flip: bool = False
+    """Also flip each crop on its own with flip_prob (official RandomHorizontalFlip_Norm)."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +330,9 @@ def validate(cfg: Config) -> None:
     _need(0.0 <= d.brightness_jitter < 1.0, "data.brightness_jitter", d.brightness_jitter,
           "use a value in [0, 1)")
     _need(d.val_samples >= 0, "data.val_samples", d.val_samples, "use >= 0")
+    _need(d.crop_geometry in ("exact-corner", "official"), "data.crop_geometry", d.crop_geometry,
+          "use exact-corner or official")
+    _need(d.augment_on in ("crops", "frames"), "data.augment_on", d.augment_on, "use crops or frames")
 
     _need(m.patch_size >= 1, "model.patch_size", m.patch_size, "use >= 1")
     for key in ("template_size", "search_size"):
