@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import types
 from pathlib import Path
@@ -225,7 +224,7 @@ def main() -> int:
         diff = np.abs(np.stack(boxes) - ref_boxes)  # (n, 4)
         crop = max(float(((a - b).abs() * STD).max()) * 255 for a, b in zip(ours.searches, net.searches))
         first = float(((ours.searches[0] - net.searches[0]).abs() * STD).mean()) * 255  # same window
-        centre = lambda b: b[:, :2] + 0.5 * b[:, 2:]  # noqa: E731
+        centre = lambda b: b[:, :2] + 0.5 * b[:, 2:]
         shift = np.linalg.norm(centre(np.stack(boxes)) - centre(ref_boxes), axis=1)
         rows.append((geometry, diff.max(), shift.mean(), crop, first, updates))
 

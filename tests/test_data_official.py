@@ -21,7 +21,7 @@ from tests.datatrees import make_lasot_tree
 def test_official_crop_geometry_labels_follow_transform_image_to_crop():
     image = np.random.default_rng(0).integers(0, 256, (72, 96, 3), dtype=np.uint8)
     centre, gt = np.array([30.3, 20.6, 12.0, 9.0]), np.array([33.0, 21.0, 11.0, 10.0])
-    crop, box, window = crop_around(image, centre, gt, 3.0, 64, "official")
+    crop, box, _ = crop_around(image, centre, gt, 3.0, 64, "official")
     assert np.array_equal(crop, crop_official(image, target_window(centre, 3.0, 64)))
     crop_sz = math.ceil(math.sqrt(12 * 9) * 3.0)
     rf = 64 / crop_sz

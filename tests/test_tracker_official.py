@@ -131,8 +131,9 @@ BINS = 4000  # the official vocabulary: a bin is far below a pixel, so mapping e
 
 
 def official_cfg(**kw) -> TrackerConfig:
-    return TrackerConfig(**{**dict(template_factor=2.0, template_size=64, search_factor=4.0,
-                                   search_size=128, update_interval=10), **kw})
+    base = {"template_factor": 2.0, "template_size": 64, "search_factor": 4.0, "search_size": 128,
+            "update_interval": 10}
+    return TrackerConfig(**{**base, **kw})
 
 
 def test_scripted_network_boxes_and_updates_equal_the_official_formulas(sample_sequence):
