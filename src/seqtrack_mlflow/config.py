@@ -1,6 +1,6 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
-A config is three frozen sections (data, model, train) plus the seed. The presets ship inside
+A config is frozen sections (data, model, train, track, hub) plus the seed. The presets ship inside
 the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
 `configs/` is a link to them), and `default.yaml` is the one place that holds every default:
 the dataclasses below declare and document the keys but give no values, and a tree that leaves
@@ -82,6 +82,15 @@ class DataConfig:
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool
     """Keep downloaded LaSOT class zips after extraction."""
+    crop_geometry: str
+    """Training crops and box labels: 'exact-corner' (PIL crop, box through the rounded crop
+    corner, / crop size) or 'official' (cv2 sample_target crop, box relative to the unrounded
+    centre at (size - 1) / 2, / (size - 1), as lib/train/data/processing_utils.py)."""
+    augment_on: str
+    """Where the joint grayscale and flip act: 'crops' (cheap) or 'frames' (official: cv2 grey
+    and a flip of the whole frames, box x' = W - 1 - x - w, before cropping)."""
+    per_crop_flip: bool
+    """Also flip each crop on its own with flip_prob (official RandomHorizontalFlip_Norm)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,26 @@ class TrainConfig:
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
 
 
+TRACK_GEOMETRIES = ("official", "exact-corner")
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Tracker settings (`evaluate`); crop factors and sizes come from the checkpoint's config."""
+
+    geometry: str
+    """'official' = the official tracker's crops and box mapping; 'exact-corner' = this project's
+    earlier variant (PIL crop, mapping through the rounded crop corner), see README."""
+    window: bool
+    """Hanning window on the cx, cy token probabilities (official TEST.WINDOW: true)."""
+    update_interval: int
+    """Frames between template updates (official LaSOT 450)."""
+    update_threshold: float
+    """Confidence score (sum of the 4 token probabilities x 10) needed to update (official 0.6)."""
+    clip_margin: float
+    """Boxes stay on the image and at least this many pixels wide/high (official clip_box 10)."""
+
+
 @dataclass(frozen=True)
 class HubConfig:
     push_every_epoch: bool
@@ -174,6 +203,7 @@ class Config:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    track: TrackConfig
     hub: HubConfig
 
     @classmethod
@@ -241,7 +271,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "hub": HubConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig,
+            "hub": HubConfig}
 _SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 
 
@@ -358,7 +389,7 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate(cfg: Config) -> None:
     """Every range and cross-field rule, checked once before any work starts."""
     d, m, t = cfg.data, cfg.model, cfg.train
-    for section in (d, m, t):  # NaN and inf pass every range check below: refuse them first
+    for section in (d, m, t, cfg.track):  # NaN and inf pass every range check below: refuse them first
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if isinstance(value, float):
@@ -389,6 +420,9 @@ def validate(cfg: Config) -> None:
     _need(0.0 <= d.brightness_jitter < 1.0, "data.brightness_jitter", d.brightness_jitter,
           "use a value in [0, 1)")
     _need(d.val_samples >= 0, "data.val_samples", d.val_samples, "use >= 0")
+    _need(d.crop_geometry in ("exact-corner", "official"), "data.crop_geometry", d.crop_geometry,
+          "use exact-corner or official")
+    _need(d.augment_on in ("crops", "frames"), "data.augment_on", d.augment_on, "use crops or frames")
 
     _need(m.patch_size >= 1, "model.patch_size", m.patch_size, "use >= 1")
     for key in ("template_size", "search_size"):
@@ -434,3 +468,10 @@ def validate(cfg: Config) -> None:
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
     _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",
           cfg.hub.repo_id, "use 'namespace/name'")
+
+    k = cfg.track
+    _need(k.geometry in TRACK_GEOMETRIES, "track.geometry", k.geometry,
+          f"use one of {', '.join(TRACK_GEOMETRIES)}")
+    _need(k.update_interval >= 1, "track.update_interval", k.update_interval, "use an integer >= 1")
+    _need(k.clip_margin >= 1, "track.clip_margin", k.clip_margin,
+          "use >= 1 (px), else a box can collapse to a point")

@@ -7,10 +7,15 @@ Conventions (as in LaSOT and the official code):
 - `xyxy`: top-left and bottom-right corners, x2 = x + w (continuous, not "+1" inclusive pixels).
 All functions take numpy arrays of shape (..., 4) and broadcast over leading dimensions.
 
-The crop follows `sample_target` of the official `lib/train/data/processing_utils.py`: a square
-of side ceil(sqrt(w*h) * factor) centred on the box, zero-padded where it leaves the image,
-resized to `output_size`. `CropWindow` remembers where the crop came from so a box predicted in
-crop pixels maps back to image pixels (the official tracker's `map_box_back`).
+Two crops of the same square window (side ceil(sqrt(w*h) * factor) centred on the box, corner
+rounded, zero outside the image), as in `sample_target` of the official
+`lib/train/data/processing_utils.py` and `lib/test/tracker/seqtrack_utils.py`:
+- `crop_official`: the official pixels exactly (the same cv2 calls on the same padded array,
+  including the official padding's quirk of never using the image's last row and column);
+  `map_box_back` is the official tracker's inverse mapping (through the unrounded half side).
+- `crop_image` + `CropWindow`: one PIL affine resample of the window from the whole image, and
+  an exact inverse through the window's rounded corner (`CropWindow.crop_to_image`). Training
+  uses this by default; the tracker offers it as `track.geometry=exact-corner`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -25,11 +31,6 @@ from PIL import Image
 def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
     box = np.asarray(box, dtype=np.float64)
     return np.concatenate([box[..., :2], box[..., :2] + box[..., 2:]], axis=-1)
-
-
-def xyxy_to_xywh(box: np.ndarray) -> np.ndarray:
-    box = np.asarray(box, dtype=np.float64)
-    return np.concatenate([box[..., :2], box[..., 2:] - box[..., :2]], axis=-1)
 
 
 def xywh_to_cxcywh(box: np.ndarray) -> np.ndarray:
@@ -115,6 +116,49 @@ def crop_image(image: np.ndarray, window: CropWindow) -> np.ndarray:
     out = img.transform((window.output_size, window.output_size), Image.Transform.EXTENT, box,
                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out)
+
+
+def crop_official(image: np.ndarray, window: CropWindow) -> np.ndarray:
+    """The official `sample_target` crop of `window` (built by `target_window`): uint8 (S, S, 3).
+
+    The official code slices the image, zero-pads it with `cv2.copyMakeBorder` and resizes it
+    with `cv2.resize` (bilinear). Its right/bottom padding is `x2 - W + 1`, one more than needed,
+    so whenever the window reaches the image's last column (row) that column (row) is replaced
+    by zeros: the crop is always cut from `image[:H-1, :W-1]`. Here the same padded array is
+    built by pasting that region into a zero square (the same bytes as copyMakeBorder), then
+    resized by the same cv2 call. Where the official slice would be empty (a window entirely off
+    the image, which the official code does not survive) this returns zeros.
+    """
+    if image.ndim != 3 or image.dtype != np.uint8:
+        raise ValueError(f"want an (H, W, C) uint8 image, got {image.shape} {image.dtype}")
+    H, W = image.shape[:2]
+    side = window.side
+    padded = np.zeros((side, side, image.shape[2]), dtype=np.uint8)  # (side, side, C)
+    # the official slice: [x1 + x1_pad, x2 - x2_pad) with x2_pad = max(x2 - W + 1, 0)
+    sx1, sy1 = max(window.x1, 0), max(window.y1, 0)
+    sx2, sy2 = min(window.x1 + side, W - 1), min(window.y1 + side, H - 1)
+    if sx2 > sx1 and sy2 > sy1:
+        padded[sy1 - window.y1:sy2 - window.y1, sx1 - window.x1:sx2 - window.x1] = image[sy1:sy2, sx1:sx2]
+    size = window.output_size
+    return cv2.resize(padded, (size, size))  # official: cv.resize(im, (sz, sz)), INTER_LINEAR
+
+
+def map_box_back(prev_xywh: np.ndarray, pred_cxcywh: list[float], search_size: int,
+                 resize_factor: float) -> np.ndarray:
+    """The official tracker's `map_box_back` (lib/test/tracker/seqtrack.py).
+
+    `pred_cxcywh` is the prediction already scaled to image pixels but relative to the search
+    crop (tokens / (bins - 1) * search_size / resize_factor). The crop is taken to start at the
+    previous box's centre minus half the *unrounded* crop side (search_size / resize_factor / 2),
+    not at the rounded corner the pixels were actually cut from (up to 0.5 px apart).
+    """
+    x, y, w, h = (float(v) for v in prev_xywh)
+    cx_prev, cy_prev = x + 0.5 * w, y + 0.5 * h
+    cx, cy, pw, ph = (float(v) for v in pred_cxcywh)
+    half_side = 0.5 * search_size / resize_factor
+    cx_real = cx + (cx_prev - half_side)
+    cy_real = cy + (cy_prev - half_side)
+    return np.array([cx_real - 0.5 * pw, cy_real - 0.5 * ph, pw, ph], dtype=np.float64)
 
 
 def clip_box(box_xywh: np.ndarray, height: int, width: int, margin: float = 0.0) -> np.ndarray:

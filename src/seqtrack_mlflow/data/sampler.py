@@ -39,7 +39,8 @@ from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
 from seqtrack_mlflow.data.transforms import (box_to_target, crop_around, crop_side_ok, flip_crop,
-                                             jitter_box, to_grayscale, to_tensor)
+                                             flip_frame, jitter_box, label_extent, to_grayscale,
+                                             to_grayscale_frame, to_tensor)
 from seqtrack_mlflow.errors import DataError
 from seqtrack_mlflow.geometry import iou_xywh
 
@@ -144,35 +145,56 @@ class TrainSamples(Dataset):
                         f"{MAX_ATTEMPTS} draws (boxes too small?)")
 
     def make_sample(self, pick: FramePick, rng: np.random.Generator) -> dict[str, torch.Tensor] | None:
-        """Crops and transforms of one frame pick; None if the jittered search box is empty."""
+        """Crops and transforms of one frame pick; None if the jittered search box is empty.
+
+        The rolls are drawn in one fixed order (grayscale, flip, search jitter, brightness per
+        crop, then per-crop flips only when data.per_crop_flip), so the default pipeline's
+        samples do not depend on the official-behaviour switches (transforms.py lists them)."""
         d, m = self.cfg.data, self.cfg.model
+        geometry = d.crop_geometry
         seq = self.sequences[pick.sequence]
+        ids = sorted({*pick.templates, pick.search})
         gray = rng.random() < d.grayscale_prob  # joint rolls, official order: grayscale, flip
         flip = rng.random() < d.flip_prob
-        search_box = jitter_box(seq.boxes[pick.search], d.center_jitter, d.scale_jitter, rng)
+        boxes = {i: seq.boxes[i] for i in ids}
+        frames = None
+        if d.augment_on == "frames":  # official: joint transform on the whole frames, then crops
+            frames = {i: read_frame(seq.frame_path(i)) for i in ids}
+            for i in ids:
+                if gray:
+                    frames[i] = to_grayscale_frame(frames[i])
+                if flip:
+                    frames[i], (boxes[i],) = flip_frame(frames[i], [boxes[i]])
+            gray = flip = False  # done
+        search_box = jitter_box(boxes[pick.search], d.center_jitter, d.scale_jitter, rng)
         if not crop_side_ok(search_box, d.search_factor):
             return None
         low, high = max(0.0, 1.0 - d.brightness_jitter), 1.0 + d.brightness_jitter
         brightness = rng.uniform(low, high, size=self.num_templates + 1)  # per crop
-        frames = {i: read_frame(seq.frame_path(i)) for i in sorted({*pick.templates, pick.search})}
+        crop_flips = (rng.random(self.num_templates + 1) < d.flip_prob if d.per_crop_flip
+                      else np.zeros(self.num_templates + 1, dtype=bool))
+        if frames is None:
+            frames = {i: read_frame(seq.frame_path(i)) for i in ids}
 
         templates = []
         for j, fid in enumerate(pick.templates):
-            box = seq.boxes[fid]
-            crop, _, _ = crop_around(frames[fid], box, box, d.template_factor, m.template_size)
-            templates.append(self._finish(crop, None, gray, flip, brightness[j])[0])
-        crop, gt, _ = crop_around(frames[pick.search], search_box, seq.boxes[pick.search],
-                                  d.search_factor, m.search_size)
-        search, gt = self._finish(crop, gt, gray, flip, brightness[-1])
+            box = boxes[fid]
+            crop, _, _ = crop_around(frames[fid], box, box, d.template_factor, m.template_size, geometry)
+            templates.append(self._finish(crop, None, gray, flip ^ crop_flips[j], brightness[j],
+                                          label_extent(m.template_size, geometry))[0])
+        crop, gt, _ = crop_around(frames[pick.search], search_box, boxes[pick.search],
+                                  d.search_factor, m.search_size, geometry)
+        search, gt = self._finish(crop, gt, gray, flip ^ crop_flips[-1], brightness[-1],
+                                  label_extent(m.search_size, geometry))
         return {"templates": torch.stack(templates), "search": search,
-                "box": box_to_target(gt, m.search_size)}
+                "box": box_to_target(gt, m.search_size, geometry)}
 
     @staticmethod
-    def _finish(crop, box, gray, flip, brightness):
+    def _finish(crop, box, gray, flip, brightness, extent):
         if gray:
             crop = to_grayscale(crop)
-        if flip:
-            crop, box = flip_crop(crop, box if box is not None else np.zeros(4))
+        if flip:  # joint flip and per-crop flip (when both roll, they cancel)
+            crop, box = flip_crop(crop, box if box is not None else np.zeros(4), extent)
         return to_tensor(crop, brightness), box
 
 
@@ -236,14 +258,14 @@ class ValidationSamples(Dataset):
             d, m = self.cfg.data, self.cfg.model
             seq, first, f = self.plan[index]
             tmpl, _, _ = crop_around(read_frame(seq.frame_path(first)), seq.boxes[first],
-                                     seq.boxes[first], d.template_factor, m.template_size)
+                                     seq.boxes[first], d.template_factor, m.template_size, d.crop_geometry)
             template = to_tensor(tmpl)
             crop, gt, _ = crop_around(read_frame(seq.frame_path(f)), seq.boxes[f - 1], seq.boxes[f],
-                                      d.search_factor, m.search_size)
+                                      d.search_factor, m.search_size, d.crop_geometry)
             self._cache[index] = {
                 "templates": template.unsqueeze(0).repeat(m.num_templates, 1, 1, 1),
                 "search": to_tensor(crop),
-                "box": box_to_target(gt, m.search_size),
+                "box": box_to_target(gt, m.search_size, d.crop_geometry),
                 "gt_xywh": torch.tensor(gt, dtype=torch.float32),
             }
         return {k: v.clone() for k, v in self._cache[index].items()}

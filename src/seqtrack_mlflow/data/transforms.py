@@ -10,25 +10,38 @@ and `transforms.py` with the transform chain of `lib/train/base_functions.py`:
   centre + sqrt(jittered w*h) * center_jitter * (U(0,1) - 0.5); templates use no jitter
   (TEMPLATE CENTER_JITTER = SCALE_JITTER = 0 in the b256 yaml).
 
-Differences, on purpose:
-- Grayscale and flip are applied to the crops instead of the full frames (much cheaper; the
-  same distribution: grayscale is per pixel, and the centre jitter is symmetric so flipping
-  before or after the jittered crop gives the same law). Flip is continuous: x' = side - x - w.
-- The official `transform_train` also holds a *per-crop* RandomHorizontalFlip_Norm(0.5),
-  which flips each template and the search crop independently of one another; we keep only
-  the joint flip, so templates and search always agree (the config has one flip_prob).
-- Boxes map to the crop with the exact geometry of `geometry.CropWindow` and are normalised by
-  the crop size (official: `(crop_sz - 1) / 2` centre and `/(crop_sz - 1)`, half a pixel off).
+Differences from the official processing, on purpose; each has a `data.*` switch to the
+official behaviour (defaults keep this project's pipeline; README lists the measured effects):
+- `data.augment_on=crops`: grayscale and flip act on the crops instead of the full frames
+  (cheaper; the same law: grayscale is per pixel and the centre jitter is symmetric). The crop
+  flip is continuous, x' = side - x - w; the official frame flip uses pixel indices,
+  x' = W - 1 - x - w, and the official grey is cv2's fixed-point RGB2GRAY (ours: float weights,
+  rounded). `frames` does it the official way.
+- `data.per_crop_flip=false`: the official `transform_train` also holds a *per-crop*
+  RandomHorizontalFlip_Norm(0.5), which flips each template and the search crop independently
+  of one another (so templates and search disagree half the time); we keep only the joint
+  flip. `true` adds it (x' = 1 - x - w in normalised units).
+- `data.crop_geometry=exact-corner`: crops by one PIL bilinear resample of the window and maps
+  boxes through the window's rounded corner, normalised by the crop size. The official
+  `sample_target` pads with cv2 (losing the image's last row/column at the border) and resizes
+  with cv2, and `transform_image_to_crop` puts the box relative to the *unrounded* centre at
+  (size - 1) / 2 and normalises by (size - 1): half a pixel off, and inconsistent with the
+  official tracker, which decodes tokens / (bins - 1) * size. `official` does that.
+Also different and not switchable: the sampler redraws a sample only when the jittered search
+box is empty; the official one also redraws crops whose attention mask is all padding (a
+search window wholly off the image), which the centre jitter here (< half the crop) cannot
+produce for a target on the image.
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 
-from seqtrack_mlflow.geometry import CropWindow, crop_image, target_window
+from seqtrack_mlflow.geometry import CropWindow, crop_image, crop_official, target_window
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -53,11 +66,42 @@ def crop_side_ok(box_xywh: np.ndarray, factor: float) -> bool:
 
 
 def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, factor: float,
-                size: int) -> tuple[np.ndarray, np.ndarray, CropWindow]:
+                size: int, geometry: str = "exact-corner") -> tuple[np.ndarray, np.ndarray, CropWindow]:
     """Crop a (size, size) square around `centre_box` (side sqrt(w*h)*factor); return the crop
-    (uint8), `gt_box` in crop pixels (xywh) and the window."""
+    (uint8), `gt_box` in crop pixels (xywh) and the window.
+
+    geometry 'official': the official `sample_target` pixels and `transform_image_to_crop` box
+    (centre at (size - 1) / 2 + offset from the unrounded crop centre, times resize factor)."""
     window = target_window(centre_box, factor, size)
+    if geometry == "official":
+        c = np.asarray(centre_box, dtype=np.float64)
+        g = np.asarray(gt_box, dtype=np.float64)
+        centre = (size - 1) / 2 + ((g[:2] + 0.5 * g[2:]) - (c[:2] + 0.5 * c[2:])) * window.scale
+        wh = g[2:] * window.scale
+        return crop_official(image, window), np.concatenate([centre - 0.5 * wh, wh]), window
     return crop_image(image, window), window.image_to_crop(gt_box), window
+
+
+def label_extent(size: int, geometry: str = "exact-corner") -> int:
+    """What a unit box coordinate spans in crop pixels: size, or size - 1 officially."""
+    return size - 1 if geometry == "official" else size
+
+
+def to_grayscale_frame(frame: np.ndarray) -> np.ndarray:
+    """Official ToGrayscale on a whole frame: cv2 RGB2GRAY, stacked to three channels."""
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    return np.stack([grey, grey, grey], axis=2)
+
+
+def flip_frame(frame: np.ndarray, boxes: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Official RandomHorizontalFlip on a whole frame: pixel-index flip, x' = W - 1 - x - w."""
+    W = frame.shape[1]
+    out = []
+    for b in boxes:
+        b = np.array(b, dtype=np.float64)
+        b[0] = (W - 1) - b[0] - b[2]
+        out.append(b)
+    return np.ascontiguousarray(frame[:, ::-1]), out
 
 
 def to_grayscale(crop: np.ndarray) -> np.ndarray:
@@ -68,9 +112,11 @@ def to_grayscale(crop: np.ndarray) -> np.ndarray:
     return np.repeat(luma[:, :, None], 3, axis=2)
 
 
-def flip_crop(crop: np.ndarray, box_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Horizontal flip of a square crop and of a box in its pixel coordinates."""
-    side = crop.shape[1]
+def flip_crop(crop: np.ndarray, box_xywh: np.ndarray, extent: float | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Horizontal flip of a square crop and of a box in its pixel coordinates: x' = extent - x - w
+    (extent = the crop side; official normalised flip 1 - x - w: extent = side - 1)."""
+    side = crop.shape[1] if extent is None else extent
     box = np.array(box_xywh, dtype=np.float64)
     box[0] = side - box[0] - box[2]
     return np.ascontiguousarray(crop[:, ::-1]), box
@@ -92,8 +138,9 @@ def denormalize(t: torch.Tensor) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def box_to_target(box_xywh_crop: np.ndarray, size: int) -> torch.Tensor:
-    """Box in crop pixels (xywh) -> FloatTensor(4) cxcywh / size (may leave [0, 1] slightly)."""
+def box_to_target(box_xywh_crop: np.ndarray, size: int, geometry: str = "exact-corner") -> torch.Tensor:
+    """Box in crop pixels (xywh) -> FloatTensor(4) cxcywh / size (official: / (size - 1));
+    may leave [0, 1] slightly."""
     b = np.asarray(box_xywh_crop, dtype=np.float64)
-    out = np.array([b[0] + 0.5 * b[2], b[1] + 0.5 * b[3], b[2], b[3]]) / size
+    out = np.array([b[0] + 0.5 * b[2], b[1] + 0.5 * b[3], b[2], b[3]]) / label_extent(size, geometry)
     return torch.tensor(out, dtype=torch.float32)

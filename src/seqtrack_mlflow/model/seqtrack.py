@@ -193,17 +193,18 @@ class SeqTrack(nn.Module):
         return self.decode(self.encode(templates, search), seq_input)
 
     @torch.no_grad()
-    def predict(self, templates: list[torch.Tensor], search: torch.Tensor, window: bool = False,
-                use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, templates: list[torch.Tensor], search: torch.Tensor,
+                window: bool | torch.Tensor = False, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy 4-step decode from START -> tokens (B, 4) long, confidence (B, 4) float.
 
         As the official decoder `inference`: each step takes the softmax over the whole
         vocabulary, keeps the `bins` coordinate classes (END/START can never be chosen),
         optionally multiplies cx and cy by a Hanning window over the bins (official
         TEST.WINDOW: favours small motion, the crop is centred on the last position), and
-        takes the arg max. confidence is that chosen value: the token's softmax probability,
-        times its window weight for cx, cy when window=True (the official tracker's template
-        update threshold is calibrated on this quantity).
+        takes the arg max. window=True builds a float32 window; a (1, bins) tensor is used as
+        given (the tracker passes the official float64 np.hanning one). confidence is that
+        chosen value: the token's softmax probability, times its window weight for cx, cy when
+        a window is on (the official tracker's template update threshold is calibrated on it).
         The model runs in eval mode (no dropout) for the call and is restored afterwards.
         use_cache=True reuses keys/values of earlier steps and the memory's projections;
         use_cache=False recomputes the whole prefix every step, as the official code does.
@@ -217,8 +218,11 @@ class SeqTrack(nn.Module):
             memory = self.encode(templates, search)  # (B, Nx, D)
             B = memory.shape[0]
             seq = torch.full((B, 1), start_token(self.bins), dtype=torch.long, device=memory.device)
-            hann = (torch.hann_window(self.bins, periodic=False, dtype=torch.float32,
-                                      device=memory.device) if window else None)  # = np.hanning
+            if isinstance(window, torch.Tensor):  # the tracker's own window (official: float64 np.hanning)
+                hann = window.to(memory.device)
+            else:
+                hann = (torch.hann_window(self.bins, periodic=False, dtype=torch.float32,
+                                          device=memory.device) if window else None)  # = np.hanning
             mem_kv = self.decoder.memory_kv(memory, self.pos_embed) if use_cache else None
             cache = None
             confidence = []

@@ -16,7 +16,8 @@ Where results go:
   (LaSOT/pytracking format; finished sequences are not tracked again when the command is
   repeated), `metrics.json`, `success_plot.png`, `precision_plot.png`,
   `norm_precision_plot.png` and `<first test sequence>.gif`. key = `<run id>_epoch<N>_<data>`
-  or `ckpt-<sha256 prefix>_<data>`.
+  or `ckpt-<sha256 prefix>_<data>`, then `_<track.geometry>`, then `-<hash>` when another
+  `track.*` setting differs from its default.
 - MLflow: a run nested under the training run (tag `mlflow.parentRunId`, same experiment;
   standalone for a checkpoint file; the project's own run under `mlflow run -e evaluate`) with
   metrics `eval/auc`, `eval/precision` (P@20 px), `eval/norm_precision` (Pnorm@0.2),
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import tempfile
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from seqtrack_mlflow import experiment, names
-from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model.load import model_from_checkpoint
@@ -171,9 +173,14 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     tcfg = TrackerConfig(
         template_factor=trained.data.template_factor, template_size=trained.model.template_size,
         search_factor=trained.data.search_factor, search_size=trained.model.search_size,
-        num_templates=trained.model.num_templates)
+        num_templates=trained.model.num_templates, **dataclasses.asdict(cfg.track))
     key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
     key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
+    # The tracker settings name the folder too, so finished results are only read back by a
+    # tracker that would have produced them (folders of earlier versions lack the geometry).
+    key += f"_{cfg.track.geometry}"
+    if dataclasses.replace(cfg.track, geometry="official") != load_config().track:
+        key += f"-{hashlib.sha256(repr(cfg.track).encode()).hexdigest()[:8]}"
     out = Path(cfg.train.output_dir) / "evaluation" / key
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)

@@ -1,18 +1,28 @@
-"""SeqTrack inference: follow one target through a video, as the official tracker does.
+"""SeqTrack inference: follow one target through a video exactly as the official tracker does.
 
-Mirrors `lib/test/tracker/seqtrack.py` of microsoft/VideoX SeqTrack:
+By default (`geometry="official"`) this reproduces `lib/test/tracker/seqtrack.py` of
+microsoft/VideoX SeqTrack step by step (checked against it by benchmarks/official_tracker.py):
 - `initialize`: the template is cropped around frame 1's box (template_factor, template_size)
+  with the official `sample_target` (`geometry.crop_official`: cv2 zero padding and resize)
   and used for all `num_templates` slots.
-- `track`: the search region is cropped around the previous box (search_factor, search_size);
-  the model decodes 4 tokens greedily (Hanning window on cx, cy when `window`); tokens / (bins-1)
-  are (cx, cy, w, h) in the unit search crop, scaled to crop pixels and mapped to the image with
-  `CropWindow.crop_to_image` (the official `map_box_back`, but using the crop's actual rounded
-  corner), then clipped to the image with a 10 px margin (official `clip_box`).
-- Template update: every `update_interval` frames, if the confidence score exceeds
-  `update_threshold`, a new template is cut around the new box; template 1 stays fixed and the
-  newest replaces the dynamic one (official `template_list.pop(1)`). The score is the official
-  one: the sum of the four tokens' probabilities times 10 (`confidence.sum() * 10`). Official
-  LaSOT setting: interval 450, threshold 0.6.
+- `track`: the search region is cropped the same way around the previous box (search_factor,
+  search_size) and preprocessed as the official `Preprocessor` (x / 255, then ImageNet
+  mean/std, in that float32 order); the model decodes 4 tokens greedily, cx and cy
+  multiplied by the Hanning window built as the official one (`np.hanning(bins)`, float64).
+  The box is computed in the official float32 arithmetic (tokens / (bins - 1) * search_size /
+  resize_factor), mapped back with the official `map_box_back` (through the unrounded half
+  side of the crop) and clipped with the official `clip_box` (margin 10).
+- Template update: on frames that are multiples of `update_interval`, if the confidence score
+  exceeds `update_threshold`, a new template is cut around the new box; template 1 stays fixed
+  and the newest replaces the dynamic one (official `template_list.pop(1)`). The score is the
+  official one: the sum of the four tokens' (windowed) probabilities times 10
+  (`confidence.sum() * 10`). Official LaSOT setting: interval 450, threshold 0.6.
+
+`geometry="exact-corner"` is this project's earlier variant, kept as a documented deviation:
+crops by one PIL bilinear resample (`geometry.crop_image`, no lost last row/column) and maps
+predictions back through the crop's actual rounded corner (`CropWindow.crop_to_image`), in
+float64. It differs from the official mapping by up to 0.5 px a frame, which feeds the next
+crop (README, "Where this project differs from the official SeqTrack code").
 
 The tracker accepts any model with `bins` and `predict(templates, search, window, use_cache)`
 returning (tokens (B, 4), confidence (B, 4)), so tests can drive it with an oracle.
@@ -37,14 +47,18 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.transforms import to_tensor
-from seqtrack_mlflow.errors import DataError
-from seqtrack_mlflow.geometry import clip_box, crop_image, cxcywh_to_xywh, target_window
+from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+from seqtrack_mlflow.errors import ConfigError, DataError
+from seqtrack_mlflow.geometry import (clip_box, crop_image, crop_official, cxcywh_to_xywh,
+                                      map_box_back, target_window)
 from seqtrack_mlflow.model import tokens_to_boxes
 
 log = logging.getLogger(__name__)
+
+
+GEOMETRIES = ("official", "exact-corner")
+"""Tracker geometries: the official one (default) and this project's earlier exact-corner one."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,8 @@ class TrackerConfig:
     """Search crop side in pixels fed to the model."""
     num_templates: int = 2
     """Template slots: 1 fixed initial template + (num_templates - 1) updated ones."""
+    geometry: str = "official"
+    """'official' (crops, mapping and arithmetic of the official tracker) or 'exact-corner'."""
     window: bool = True
     """Hanning window on the cx, cy token probabilities (official b256 TEST.WINDOW: true)."""
     update_interval: int = 450
@@ -71,45 +87,72 @@ class TrackerConfig:
     """Predicted boxes stay on the image and at least this many pixels wide/high (official 10)."""
 
     def __post_init__(self) -> None:
-        assert self.template_factor > 0 and self.search_factor > 0, "crop factors must be > 0"
-        assert self.template_size >= 1 and self.search_size >= 1, "crop sizes must be >= 1"
-        assert self.num_templates >= 1, "num_templates must be >= 1"
-        assert self.update_interval >= 1, "update_interval must be >= 1"
-        assert self.clip_margin >= 1, "clip_margin must be >= 1 px, else a box can collapse to a point"
+        checks = [
+            (self.template_factor > 0, "template_factor", "use > 0"),
+            (self.search_factor > 0, "search_factor", "use > 0"),
+            (self.template_size >= 1, "template_size", "use >= 1"),
+            (self.search_size >= 1, "search_size", "use >= 1"),
+            (self.num_templates >= 1, "num_templates", "use >= 1"),
+            (self.geometry in GEOMETRIES, "geometry", f"use one of {', '.join(GEOMETRIES)}"),
+            (self.update_interval >= 1, "update_interval", "use >= 1"),
+            (self.clip_margin >= 1, "clip_margin", "use >= 1 (px), else a box can collapse to a point"),
+        ]
+        for ok, key, allowed in checks:
+            if not ok:
+                raise ConfigError(f"track.{key}: {getattr(self, key)!r} is not allowed; {allowed}")
 
-    @classmethod
-    def from_config(cls, cfg: Config, **overrides: Any) -> "TrackerConfig":
-        """Crop geometry of the training config (the model only knows those crops)."""
-        values = dict(template_factor=cfg.data.template_factor, template_size=cfg.model.template_size,
-                      search_factor=cfg.data.search_factor, search_size=cfg.model.search_size,
-                      num_templates=cfg.model.num_templates)
-        values.update(overrides)
-        return cls(**values)
+
+# Official Preprocessor constants: float32 tensors shaped (1, 3, 1, 1).
+_MEAN = torch.tensor(IMAGENET_MEAN.tolist(), dtype=torch.float32).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD.tolist(), dtype=torch.float32).view(1, 3, 1, 1)
 
 
 def to_model_input(crop: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """(S, S, 3) uint8 crop -> (1, 3, S, S) float: /255 and ImageNet-normalised, exactly as the
-    training crops (`data.transforms.to_tensor`; official Preprocessor.process)."""
+    training crops (`data.transforms.to_tensor`)."""
     return to_tensor(crop)[None].to(device)  # (1, 3, S, S)
+
+
+def official_model_input(crop: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(S, S, 3) uint8 crop -> (1, 3, S, S) float32 by the official `Preprocessor.process`
+    (lib/test/tracker/seqtrack_utils.py): `(x.float() / 255.0 - mean) / std`. The same values as
+    `to_model_input` up to float32 rounding (x / 255 vs x * (1 / 255)), but bit-equal to the
+    official input, so a network sees exactly what the official tracker feeds it."""
+    x = torch.from_numpy(np.ascontiguousarray(crop)).to(device).float().permute(2, 0, 1)[None]
+    return (x / 255.0 - _MEAN.to(device)) / _STD.to(device)  # (1, 3, S, S)
+
+
+def hanning_window(bins: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The official window: `torch.tensor(np.hanning(bins)).unsqueeze(0)`, float64 (1, bins).
+    float32 probabilities times it become float64, as in the official decoder."""
+    return torch.from_numpy(np.hanning(bins))[None].to(device)  # (1, bins) float64
 
 
 class SeqTrackTracker:
     """One target, one video: `initialize(frame0, box)`, then `track(frame)` per frame."""
 
     def __init__(self, model: Any, cfg: TrackerConfig, device: torch.device | str = "cpu"):
-        assert hasattr(model, "predict") and hasattr(model, "bins"), \
-            "model needs predict(templates, search, window, use_cache) and bins"
+        if not (hasattr(model, "predict") and hasattr(model, "bins")):
+            raise TypeError("model needs predict(templates, search, window, use_cache) and bins")
         self.model = model
         self.cfg = cfg
         self.device = torch.device(device)
         self.bins = int(model.bins)
+        self.official = cfg.geometry == "official"
+        # official: the float64 np.hanning window; exact-corner: predict()'s own (float32) window
+        self.window: bool | torch.Tensor = cfg.window
+        if cfg.window and self.official:
+            self.window = hanning_window(self.bins, self.device)
         self.state: np.ndarray | None = None  # current box, xywh image pixels
         self.templates: list[torch.Tensor] = []
         self.frame_id = 0
         self.updates = 0  # template updates done in this sequence
 
     def _crop(self, image: np.ndarray, box: np.ndarray, factor: float, size: int):
+        """(window, (1, 3, size, size) model input) of the square crop around `box`."""
         window = target_window(box, factor, size)
+        if self.official:
+            return window, official_model_input(crop_official(image, window), self.device)
         return window, to_model_input(crop_image(image, window), self.device)
 
     def initialize(self, image: np.ndarray, box_xywh: np.ndarray) -> None:
@@ -122,16 +165,25 @@ class SeqTrackTracker:
         self.frame_id = 0
         self.updates = 0
 
+    def _box_in_image(self, tokens: torch.Tensor, window) -> np.ndarray:
+        """Tokens (1, 4) -> xywh in image pixels, before clipping."""
+        size = self.cfg.search_size
+        if self.official:
+            # official float32 arithmetic: (tokens / (bins - 1)).mean(0) * search_size / resize_factor
+            pred = (tokens.view(-1, 4).cpu() / (self.bins - 1)).mean(dim=0) * size / window.scale
+            return map_box_back(self.state, pred.tolist(), size, window.scale)
+        unit = tokens_to_boxes(tokens, self.bins)[0].double().cpu().numpy()  # (4,) cxcywh in [0, 1]
+        return window.crop_to_image(cxcywh_to_xywh(unit * size))
+
     def track(self, image: np.ndarray) -> np.ndarray:
         """Predict the target box (xywh, image pixels) in the next frame."""
-        assert self.state is not None, "call initialize() first"
+        if self.state is None:
+            raise DataError("tracker.track() called before initialize()")
         H, W = image.shape[:2]
         self.frame_id += 1
         window, search = self._crop(image, self.state, self.cfg.search_factor, self.cfg.search_size)
-        tokens, confidence = self.model.predict(self.templates, search, window=self.cfg.window)
-        unit = tokens_to_boxes(tokens, self.bins)[0].double().cpu().numpy()  # (4,) cxcywh in [0, 1]
-        box_crop = cxcywh_to_xywh(unit * self.cfg.search_size)  # crop pixels
-        self.state = clip_box(window.crop_to_image(box_crop), H, W, margin=self.cfg.clip_margin)
+        tokens, confidence = self.model.predict(self.templates, search, window=self.window)
+        self.state = clip_box(self._box_in_image(tokens, window), H, W, margin=self.cfg.clip_margin)
 
         if self.cfg.num_templates > 1 and self.frame_id % self.cfg.update_interval == 0:
             score = float(confidence.sum()) * 10.0  # official: out_dict['confidence'].sum() * 10
