@@ -70,6 +70,16 @@ class DataConfig:
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool = False
     """Keep downloaded LaSOT class zips after extraction."""
+    revision: str = ""
+    """l-lt/LaSOT revision (commit sha, branch or tag) to download; '' = main, resolved to its
+    commit once per download and recorded in each class's marker and on the run."""
+    follow_symlinks: bool = True
+    """Follow symlinks in a LaSOT tree that lead outside it (always logged); false refuses them."""
+    max_class_bytes: int = 32 * 2**30
+    """Most bytes one class zip may extract to (real LaSOT: the largest class is a few GB)."""
+    scaled_decode: bool = True
+    """Decode JPEG frames at 1/2, 1/4 or 1/8 size (DCT scaling) when every crop taken from the
+    frame shrinks by at least that much; false = always decode full size."""
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,7 @@ def validate(cfg: Config) -> None:
         # An explicit LaSOT folder must exist unless the download is going to create it.
         _need(Path(d.root).expanduser().parent.exists(), "data.root", d.root,
               "its parent folder must exist")
+    _need(d.max_class_bytes >= 1, "data.max_class_bytes", d.max_class_bytes, "use >= 1 (bytes)")
     _need(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "use >= 1")
     _need(d.max_gap >= 1, "data.max_gap", d.max_gap, "use >= 1")
     _need(d.template_factor > 0, "data.template_factor", d.template_factor, "use > 0")
