@@ -260,3 +260,18 @@ def download_file(repo_id: str, filename: str, repo_type: str, dest_dir: str | P
                                local_dir=str(dest_dir), endpoint=resolve_endpoint(endpoint),
                                token=token or False)
     return Path(path)
+
+
+def resolve_commit(repo_id: str, revision: str | None = None, repo_type: str = "model",
+                   token: str | None = None, endpoint: str | None = None) -> str:
+    """The commit sha that `revision` (branch, tag or sha; default main) names now: one request.
+
+    Downloads then ask for that sha, so every file of one download comes from the same commit
+    even if the branch moves meanwhile.
+    """
+    rev = revision or "main"
+    with _hub_errors(f"resolve {rev} of {repo_url(repo_id, endpoint, repo_type)}", token, endpoint):
+        info = _api(endpoint, token).repo_info(repo_id, repo_type=repo_type, revision=rev)
+    if not info.sha:
+        raise HubError(f"resolve {rev} of {repo_id}: the Hub reported no commit")
+    return info.sha
