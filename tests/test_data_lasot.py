@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 
 from seqtrack_mlflow.config import LASOT_CLASSES
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.lasot import (LasotDataset, parse_flags, parse_groundtruth, protocol_ii_test,
-                                        read_sequence, read_split_file)
+from seqtrack_mlflow.data.lasot import (
+    LasotDataset,
+    parse_flags,
+    parse_groundtruth,
+    protocol_ii_test,
+    read_sequence,
+    read_split_file,
+)
 from seqtrack_mlflow.errors import DataError
 from tests.datatrees import OCCLUDED_FRAME, OUT_OF_VIEW_FRAME, make_lasot_tree, make_sequence, target_box
 

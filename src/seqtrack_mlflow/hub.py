@@ -275,3 +275,9 @@ def resolve_commit(repo_id: str, revision: str | None = None, repo_type: str = "
     if not info.sha:
         raise HubError(f"resolve {rev} of {repo_id}: the Hub reported no commit")
     return info.sha
+
+
+def offline() -> bool:
+    """True under HF_HUB_OFFLINE=1: the client then answers from its local files only."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
