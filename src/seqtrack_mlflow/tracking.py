@@ -78,10 +78,9 @@ class TrainingRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training") -> None:
-        """Log a `datasets.Dataset` (the frame index) as the run's input, with its digest."""
-        dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name)
-        mlflow.log_input(dataset, context=context)
+    def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training",
+                    digest: str | None = None) -> None:
+        log_dataset(hf_dataset, source, name, context, digest)
 
     # -- metrics -----------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -298,6 +297,20 @@ class EvaluationRun:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str = "evaluation") -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "evaluation",
+                    digest: str | None = None) -> None:
+        log_dataset(hf_dataset, source, name, context, digest)
+
+
+def log_dataset(hf_dataset: Any, source: str, name: str, context: str, digest: str | None = None) -> None:
+    """Log a `datasets.Dataset` (a frame index) as an input of the active run. `digest` replaces
+    MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store."""
+    dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
 
 
 class NullRun:
