@@ -90,3 +90,41 @@ def open_dataset(data: DataConfig, endpoint: str | None = None):
                            follow_symlinks=data.follow_symlinks)
     dataset.origin = origin
     return dataset
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """One MLflow dataset input of a run: rows of the frame index and how to log them."""
+
+    table: object
+    """A `datasets.Dataset` (rows of the frame index)."""
+    name: str
+    context: str
+    """'training', 'validation' or 'evaluation'."""
+    digest: str
+    """`index_digest` of these rows, cut to what MLflow stores."""
+    source: str
+
+
+# Which rows each context reads: training samples come from the train sequences; validation
+# (each epoch) and evaluation (tracking) from the held-out test sequences.
+CONTEXT_SPLITS = {"training": "train", "validation": "test", "evaluation": "test"}
+
+
+def dataset_inputs(dataset, data: DataConfig, contexts: tuple[str, ...]) -> tuple[list[DatasetInput], dict[str, str]]:
+    """The inputs to log for `contexts`, and the run tags naming the data (origin, revision, root,
+    and the full 64-digit digest of the whole frame index)."""
+    from seqtrack_mlflow.data.index import DIGEST_CHARS, frame_index, index_digest, split_index
+
+    index = frame_index(dataset)
+    source = dataset_source(data, dataset)
+    base = f"{data.source}:{','.join(data.classes)}"
+    inputs = []
+    for context in contexts:
+        rows = split_index(index, CONTEXT_SPLITS[context])
+        inputs.append(DatasetInput(rows, f"{base}/{CONTEXT_SPLITS[context]}", context,
+                                   index_digest(rows)[:DIGEST_CHARS], source))
+    origin = getattr(dataset, "origin", None)
+    tags = dict(origin.tags()) if origin is not None else {"seqtrack.data_source": source}
+    tags["seqtrack.data_fingerprint"] = index_digest(index)
+    return inputs, tags

@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Subset
 import seqtrack_mlflow
 from seqtrack_mlflow import tracking
 from seqtrack_mlflow.config import Config, load_config
-from seqtrack_mlflow.data.index import frame_index
-from seqtrack_mlflow.data.open import dataset_source, open_dataset
+from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
 from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, SeqTrackError
@@ -246,7 +245,7 @@ class Trainer:
             "seqtrack.torch_version": torch.__version__,
             "seqtrack.mlflow_version": tracking.mlflow_version(),
             "seqtrack.version": seqtrack_mlflow.__version__,
-            "seqtrack.data_source": dataset_source(cfg.data),
+            "seqtrack.data_source": dataset_source(cfg.data, self.dataset),
             "seqtrack.output_dir": str(self.out_dir.resolve()),
             "mlflow.note.content": f"SeqTrack, {cfg.train.epochs} epochs on {','.join(cfg.data.classes)} "
                                    f"({cfg.data.source} data), seed {cfg.seed}",
@@ -254,8 +253,13 @@ class Trainer:
         # Dataset summary as params (per class and total) + the frame index as MLflow input.
         for name, counts in [*self.summary["classes"].items(), ("total", self.summary["total"])]:
             run.log_params({f"dataset.{name}.{k}": counts[k] for k in COUNT_KEYS})
-        run.log_dataset(frame_index(self.dataset), source=dataset_source(cfg.data),
-                        name=f"{cfg.data.source}:{','.join(cfg.data.classes)}")
+        # Training and validation rows as separate inputs, each with the digest of all its rows;
+        # tags: data origin, l-lt/LaSOT commit (or 'local'), root, full index fingerprint.
+        inputs, data_tags = dataset_inputs(self.dataset, cfg.data, ("training", "validation"))
+        for item in inputs:
+            run.log_dataset(item.table, source=item.source, name=item.name, context=item.context,
+                            digest=item.digest)
+        run.set_tags(data_tags)
         (self.out_dir / "config.yaml").write_text(cfg.to_yaml())
         (self.out_dir / "dataset_summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
         run.log_artifact(self.out_dir / "config.yaml")
