@@ -3,17 +3,31 @@
 simplejpeg (libjpeg-turbo) is used when installed: measured here 2.2x faster than Pillow
 (320x240: 0.31 vs 0.70 ms; 1280x720: 4.3 vs 9.9 ms) and bit-identical to Pillow's output with
 its default (accurate) DCT and upsampling. Pillow is the fallback.
+
+Scaled decoding (`read_frame_scaled`): a 1280x720 LaSOT frame is cropped to 64-256 px squares
+whose side in the frame is usually several hundred pixels, so most decoded pixels are thrown
+away by the resize. libjpeg can decode straight to n/8 of the size (DCT scaling: each 8x8
+block's inverse DCT is computed at n x n), far cheaper than a full decode. A frame is decoded
+at the smallest such size that still gives every crop taken from it at least one decoded pixel
+per output pixel; the crop is then cut from the smaller image with the same window scaled by
+the same factor (pixel centres map exactly: output pixel j of an n/8 decode covers input pixels
+[8j/n, 8(j+1)/n)). The crop differs from one cut from the full decode only by the low-pass of
+the scaled IDCT (the bilinear resize samples the full image without antialiasing); the
+difference is bounded in tests/test_data_frames.py and measured in
+benchmarks/real_frames.py. simplejpeg picks any n/8; Pillow's `draft` only 1/2, 1/4, 1/8.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.geometry import crop_image
 
 try:  # optional accelerator; same pixels as Pillow
     import simplejpeg
@@ -33,6 +47,70 @@ def decode_jpeg_bytes(data: bytes, source: str | Path = "<bytes>") -> np.ndarray
             return np.asarray(img.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{source}: unreadable JPEG ({exc})") from None
+
+
+SCALED_MIN_PIXELS = 640 * 480
+"""Smaller frames are always decoded full size: a 320x240 frame decodes in ~0.3 ms, so there is
+nothing to win, and the bundled sample's crops (and the reference numbers measured on them)
+stay exactly those of full decoding."""
+
+
+def decode_jpeg_scaled(data: bytes, min_fraction: float, source: str | Path = "<bytes>"
+                       ) -> tuple[np.ndarray, float]:
+    """JPEG bytes -> ((h, w, 3) uint8 RGB, scale): decoded at the smallest DCT scale `scale`
+    (decoded / full size, n/8) that is >= `min_fraction` in both axes; 1.0 = full size (also
+    for frames under SCALED_MIN_PIXELS)."""
+    if min_fraction >= 1.0:
+        return decode_jpeg_bytes(data, source), 1.0
+    if simplejpeg is not None:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            if width * height < SCALED_MIN_PIXELS:
+                return decode_jpeg_bytes(data, source), 1.0
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(width * min_fraction),
+                                            min_height=math.ceil(height * min_fraction))
+        except ValueError as exc:
+            raise DataError(f"{source}: unreadable JPEG ({exc})") from None
+    else:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                if width * height >= SCALED_MIN_PIXELS:
+                    img.draft("RGB", (math.ceil(width * min_fraction), math.ceil(height * min_fraction)))
+                pixels = np.asarray(img.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{source}: unreadable JPEG ({exc})") from None
+    # the n/8 that gave this width (ceil(width * n / 8) == decoded width)
+    scale = round(8 * pixels.shape[1] / width) / 8
+    return pixels, scale
+
+
+def read_frame_scaled(path: str | Path, min_fraction: float) -> tuple[np.ndarray, float]:
+    """`read_frame`, decoded at the smallest DCT scale >= min_fraction (see the module doc)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read frame ({exc.strerror})") from None
+    return decode_jpeg_scaled(data, min_fraction, path)
+
+
+def needed_fraction(windows) -> float:
+    """The smallest decode scale that keeps every crop window at >= 1 decoded pixel per output
+    pixel: max of output_size / side over the windows (capped at 1)."""
+    return min(1.0, max(w.output_size / w.side for w in windows))
+
+
+def crop_scaled(pixels: np.ndarray, scale: float, window) -> np.ndarray:
+    """`geometry.crop_image(full_frame, window)` computed from a frame decoded at `scale`: the
+    same square, zero outside the image, bilinear, with the window's corners scaled."""
+    if scale == 1.0:
+        return crop_image(pixels, window)
+    box = (window.x1 * scale, window.y1 * scale, (window.x1 + window.side) * scale,
+           (window.y1 + window.side) * scale)
+    out = Image.fromarray(pixels).transform((window.output_size, window.output_size),
+                                            Image.Transform.EXTENT, box,
+                                            resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    return np.asarray(out)
 
 
 def read_frame(path: str | Path) -> np.ndarray:
