@@ -78,7 +78,7 @@ class DataConfig:
     max_class_bytes: int = 32 * 2**30
     """Most bytes one class zip may extract to (real LaSOT: the largest class is a few GB)."""
     scaled_decode: bool = True
-    """Decode JPEG frames of >= 640x480 (LaSOT's 1280x720) at n/8 size (DCT scaling) when every
+    """Decode JPEG frames of >= 640x480 (LaSOT's 1280x720) at 1/2, 1/4 or 1/8 size (DCT scaling) when every
     training crop taken from the frame shrinks by at least that much; false = always full size."""
 
 

@@ -6,15 +6,16 @@ its default (accurate) DCT and upsampling. Pillow is the fallback.
 
 Scaled decoding (`read_frame_scaled`): a 1280x720 LaSOT frame is cropped to 64-256 px squares
 whose side in the frame is usually several hundred pixels, so most decoded pixels are thrown
-away by the resize. libjpeg can decode straight to n/8 of the size (DCT scaling: each 8x8
-block's inverse DCT is computed at n x n), far cheaper than a full decode. A frame is decoded
-at the smallest such size that still gives every crop taken from it at least one decoded pixel
-per output pixel; the crop is then cut from the smaller image with the same window scaled by
-the same factor (pixel centres map exactly: output pixel j of an n/8 decode covers input pixels
-[8j/n, 8(j+1)/n)). The crop differs from one cut from the full decode only by the low-pass of
+away by the resize. libjpeg can decode straight to 1/2, 1/4 or 1/8 of the size (DCT scaling:
+each 8x8 block's inverse DCT is computed at 4x4, 2x2 or 1x1), cheaper than a full decode (the
+entropy decoding stays: ~1.9x at 1/4 on a 72 KB 1280x720 frame). A frame is decoded at the
+smallest such size that still gives every crop taken from it at least one decoded pixel per
+output pixel; the crop is then cut from the smaller image with the same window scaled by
+the same factor (pixel centres map exactly: output pixel j of a 1/k decode covers input pixels
+[kj, k(j+1))). The crop differs from one cut from the full decode only by the low-pass of
 the scaled IDCT (the bilinear resize samples the full image without antialiasing); the
 difference is bounded in tests/test_data_frames.py and measured in
-benchmarks/real_frames.py. simplejpeg picks any n/8; Pillow's `draft` only 1/2, 1/4, 1/8.
+benchmarks/real_frames.py. Pillow's `draft` does the same when simplejpeg is missing.
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ nothing to win, and the bundled sample's crops (and the reference numbers measur
 stay exactly those of full decoding."""
 
 
+def _power_of_two_reduction(min_fraction: float) -> int:
+    """The largest k in 8, 4, 2, 1 with 1/k >= min_fraction. libjpeg-turbo also decodes at 3/8,
+    5/8, ...; measured here those odd sizes are slower than the next power of two (1280x720:
+    3/8 took longer than 1/2), so only 1/2, 1/4 and 1/8 are used."""
+    for k in (8, 4, 2):
+        if 1.0 / k >= min_fraction:
+            return k
+    return 1
+
+
 def decode_jpeg_scaled(data: bytes, min_fraction: float, source: str | Path = "<bytes>"
                        ) -> tuple[np.ndarray, float]:
     """JPEG bytes -> ((h, w, 3) uint8 RGB, scale): decoded at the smallest DCT scale `scale`
-    (decoded / full size, n/8) that is >= `min_fraction` in both axes; 1.0 = full size (also
+    (decoded / full size: 1/2, 1/4 or 1/8) that is >= `min_fraction`; 1.0 = full size (also
     for frames under SCALED_MIN_PIXELS)."""
     if min_fraction >= 1.0:
         return decode_jpeg_bytes(data, source), 1.0
@@ -67,21 +78,25 @@ def decode_jpeg_scaled(data: bytes, min_fraction: float, source: str | Path = "<
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
             if width * height < SCALED_MIN_PIXELS:
                 return decode_jpeg_bytes(data, source), 1.0
-            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(width * min_fraction),
-                                            min_height=math.ceil(height * min_fraction))
+            k = _power_of_two_reduction(min_fraction)
+            if k == 1:
+                return decode_jpeg_bytes(data, source), 1.0
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(width / k),
+                                            min_height=math.ceil(height / k))
         except ValueError as exc:
             raise DataError(f"{source}: unreadable JPEG ({exc})") from None
     else:
         try:
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
-                if width * height >= SCALED_MIN_PIXELS:
-                    img.draft("RGB", (math.ceil(width * min_fraction), math.ceil(height * min_fraction)))
+                k = _power_of_two_reduction(min_fraction)
+                if width * height >= SCALED_MIN_PIXELS and k > 1:
+                    img.draft("RGB", (math.ceil(width / k), math.ceil(height / k)))
                 pixels = np.asarray(img.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"{source}: unreadable JPEG ({exc})") from None
-    # the n/8 that gave this width (ceil(width * n / 8) == decoded width)
-    scale = round(8 * pixels.shape[1] / width) / 8
+    # the 1/k that gave this width (ceil(width / k) == decoded width)
+    scale = 1.0 / round(width / pixels.shape[1]) if pixels.shape[1] < width else 1.0
     return pixels, scale
 
 
