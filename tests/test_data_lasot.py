@@ -248,3 +248,27 @@ def test_fuzz_flags(text, count):
 def test_make_sequence_helper(tmp_path):
     seq = read_sequence(make_sequence(tmp_path / "cat-1", frames=8))
     assert len(seq) == 8 and seq.class_name == "cat"
+
+
+def test_symlinks_leading_outside_are_logged_or_refused(tmp_path, caplog):
+    root = make_lasot_tree(tmp_path / "l", classes=("airplane",), seqs_per_class=2, frames=6)
+    elsewhere = make_lasot_tree(tmp_path / "elsewhere", classes=("airplane",), seqs_per_class=1, frames=6)
+    frame = root / "airplane" / "airplane-2" / "img" / "00000003.jpg"
+    frame.unlink()
+    frame.symlink_to(elsewhere / "airplane" / "airplane-1" / "img" / "00000003.jpg")
+    inside = root / "airplane" / "airplane-2" / "img" / "00000004.jpg"  # a link within the tree: fine
+    inside.unlink()
+    inside.symlink_to(root / "airplane" / "airplane-1" / "img" / "00000004.jpg")
+    with caplog.at_level(logging.WARNING):
+        ds = LasotDataset(root, ("airplane",))
+    assert [link for link, _ in ds.outside_links] == [str(frame)]
+    assert str(frame) in caplog.text and "follow_symlinks=false" in caplog.text
+    with pytest.raises(DataError, match="symlink to .* outside the dataset folder") as info:
+        LasotDataset(root, ("airplane",), follow_symlinks=False)
+    assert str(frame) in str(info.value) and "\n" not in str(info.value)
+    # a whole class folder linked in from elsewhere
+    (tmp_path / "l2").mkdir()
+    (tmp_path / "l2" / "airplane").symlink_to(elsewhere / "airplane")
+    with pytest.raises(DataError, match="l2/airplane: symlink to"):
+        LasotDataset(tmp_path / "l2", ("airplane",), follow_symlinks=False)
+    assert len(LasotDataset(tmp_path / "l2", ("airplane",)).outside_links) == 1
