@@ -44,16 +44,16 @@ def main() -> None:
     # 1. samples/s with decode time measured inside the pipeline
     decode_time = [0.0]
     decoded = [0]
-    real_read = sampler_mod.read_frame
+    real_read = sampler_mod.read_frame_scaled
 
-    def timed_read(path):
+    def timed_read(path, need):
         t = time.perf_counter()
-        out = real_read(path)
+        out = real_read(path, need)
         decode_time[0] += time.perf_counter() - t
         decoded[0] += 1
         return out
 
-    sampler_mod.read_frame = timed_read
+    sampler_mod.read_frame_scaled = timed_read
     samples = sampler_mod.TrainSamples(ds, cfg, epoch=0)
     samples[0]  # warm-up
     decode_time[0], decoded[0] = 0.0, 0
@@ -61,7 +61,7 @@ def main() -> None:
     for i in range(args.samples):
         samples[i]
     total = time.perf_counter() - t0
-    sampler_mod.read_frame = real_read
+    sampler_mod.read_frame_scaled = real_read
     print(f"config: {args.config or 'configs/default.yaml'}; data: {root}")
     print(f"training samples/s (1 process): {args.samples / total:8.1f}   "
           f"({total / args.samples * 1e3:.2f} ms/sample, "

@@ -88,3 +88,83 @@ def make_lasot_tree(root: str | Path, classes: tuple[str, ...] = ("airplane", "b
                                                 + "\r\n\r\n").encode("utf-8"))
         (root / "training_set.txt").write_bytes(("\ufeff" + "\r\n".join(train) + "\r\n").encode("utf-8"))
     return root
+
+
+def tree_snapshot(root: str | Path) -> dict[str, tuple]:
+    """{relative path: (kind, size, mtime_ns, sha256 of a file's bytes)} of everything under root
+    (links not followed): equal snapshots mean the tree is byte-for-byte unchanged."""
+    import hashlib
+    import os
+
+    root = Path(root)
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else ""
+            kind = "link" if p.is_symlink() else ("dir" if p.is_dir() else "file")
+            out[p.relative_to(root).as_posix()] = (kind, st.st_size if kind == "file" else 0,
+                                                   st.st_mtime_ns, digest)
+    return out
+
+
+_WATCHED: list[tuple[str, list]] = []
+_WRITE_FLAGS = 0
+
+
+def _audit(event: str, args: tuple) -> None:
+    import os
+
+    if not _WATCHED:
+        return
+    if event == "open":
+        path, mode, flags = args
+        writes = (any(c in mode for c in "wax+") if isinstance(mode, str)
+                  else bool(flags & _WRITE_FLAGS) if isinstance(flags, int) else False)
+        paths = [path] if writes else []
+    elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.chmod", "os.utime", "os.truncate",
+                   "shutil.rmtree", "os.symlink", "os.link"):
+        paths = [args[0]] if event not in ("os.symlink", "os.link") else [args[1]]
+    elif event in ("os.rename", "os.replace"):
+        paths = [args[0], args[1]]
+    else:
+        return
+    for path in paths:
+        if isinstance(path, int):
+            continue
+        try:
+            full = os.path.abspath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            continue
+        for root, hits in _WATCHED:
+            if full == root or full.startswith(root + os.sep):
+                hits.append((event, full))
+
+
+class no_writes_under:
+    """Context manager recording every write, create, rename or delete under `root` (by Python
+    audit hooks, so it holds even for root, whom file modes do not stop). `.hits` lists them."""
+
+    _installed = False
+
+    def __init__(self, root: str | Path):
+        import os
+
+        self.root = os.path.abspath(root)
+        self.hits: list[tuple[str, str]] = []
+
+    def __enter__(self) -> no_writes_under:
+        import os
+        import sys
+
+        global _WRITE_FLAGS
+        if not no_writes_under._installed:
+            _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+            sys.addaudithook(_audit)  # cannot be removed; idle while nothing is watched
+            no_writes_under._installed = True
+        _WATCHED.append((self.root, self.hits))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _WATCHED[:] = [w for w in _WATCHED if w[1] is not self.hits]

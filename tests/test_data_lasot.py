@@ -11,9 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from seqtrack_mlflow.config import LASOT_CLASSES
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.lasot import (LasotDataset, parse_flags, parse_groundtruth, read_sequence,
-                                        read_split_file)
+from seqtrack_mlflow.data.lasot import (
+    LasotDataset,
+    parse_flags,
+    parse_groundtruth,
+    protocol_ii_test,
+    read_sequence,
+    read_split_file,
+)
 from seqtrack_mlflow.errors import DataError
 from tests.datatrees import OCCLUDED_FRAME, OUT_OF_VIEW_FRAME, make_lasot_tree, make_sequence, target_box
 
@@ -164,11 +171,24 @@ def test_split_files_with_bom_crlf_whitespace(tmp_path):
     assert [s.name for s in ds.test] == ["bear-1"] and ds.split_rules["bear"] == "training_set.txt"
 
 
-def test_fallback_split_rule(tmp_path):
-    root = make_lasot_tree(tmp_path / "l", classes=("bear",), seqs_per_class=11, frames=6)
-    ds = LasotDataset(root, ("bear",))
-    assert [s.name for s in ds.test] == ["bear-1", "bear-6", "bear-11"]
-    assert "every 5th" in ds.split_rules["bear"]
+def test_every_class_gets_its_protocol_ii_split_offline(tmp_path):
+    # no split file: zebra (not one of the two default classes) uses the shipped official list
+    root = make_lasot_tree(tmp_path / "l", classes=("zebra", "bear"), seqs_per_class=18, frames=5)
+    ds = LasotDataset(root, ("zebra", "bear"))
+    assert [s.name for s in ds.test] == ["zebra-10", "zebra-14", "zebra-16", "zebra-17",
+                                         "bear-2", "bear-4", "bear-6", "bear-17"]
+    assert set(ds.split_rules.values()) == {"protocol-II built-in"}
+    table = protocol_ii_test()
+    assert len(table) == 70 and set(table) == set(LASOT_CLASSES)
+    assert all(len(set(v)) == 4 for v in table.values())
+    assert table["zebra"] == (10, 14, 16, 17)
+
+
+def test_fallback_split_rule_for_a_class_lasot_does_not_have(tmp_path):
+    root = make_lasot_tree(tmp_path / "l", classes=("unicorn",), seqs_per_class=11, frames=6)
+    ds = LasotDataset(root, ("unicorn",))
+    assert [s.name for s in ds.test] == ["unicorn-1", "unicorn-6", "unicorn-11"]
+    assert "every 5th" in ds.split_rules["unicorn"]
 
 
 def test_ignores_non_sequence_entries(tree):
@@ -228,3 +248,27 @@ def test_fuzz_flags(text, count):
 def test_make_sequence_helper(tmp_path):
     seq = read_sequence(make_sequence(tmp_path / "cat-1", frames=8))
     assert len(seq) == 8 and seq.class_name == "cat"
+
+
+def test_symlinks_leading_outside_are_logged_or_refused(tmp_path, caplog):
+    root = make_lasot_tree(tmp_path / "l", classes=("airplane",), seqs_per_class=2, frames=6)
+    elsewhere = make_lasot_tree(tmp_path / "elsewhere", classes=("airplane",), seqs_per_class=1, frames=6)
+    frame = root / "airplane" / "airplane-2" / "img" / "00000003.jpg"
+    frame.unlink()
+    frame.symlink_to(elsewhere / "airplane" / "airplane-1" / "img" / "00000003.jpg")
+    inside = root / "airplane" / "airplane-2" / "img" / "00000004.jpg"  # a link within the tree: fine
+    inside.unlink()
+    inside.symlink_to(root / "airplane" / "airplane-1" / "img" / "00000004.jpg")
+    with caplog.at_level(logging.WARNING):
+        ds = LasotDataset(root, ("airplane",))
+    assert [link for link, _ in ds.outside_links] == [str(frame)]
+    assert str(frame) in caplog.text and "follow_symlinks=false" in caplog.text
+    with pytest.raises(DataError, match="symlink to .* outside the dataset folder") as info:
+        LasotDataset(root, ("airplane",), follow_symlinks=False)
+    assert str(frame) in str(info.value) and "\n" not in str(info.value)
+    # a whole class folder linked in from elsewhere
+    (tmp_path / "l2").mkdir()
+    (tmp_path / "l2" / "airplane").symlink_to(elsewhere / "airplane")
+    with pytest.raises(DataError, match="l2/airplane: symlink to"):
+        LasotDataset(tmp_path / "l2", ("airplane",), follow_symlinks=False)
+    assert len(LasotDataset(tmp_path / "l2", ("airplane",)).outside_links) == 1

@@ -10,8 +10,16 @@ from PIL import Image
 
 from seqtrack_mlflow.cli import main
 from seqtrack_mlflow.config import load_config
-from seqtrack_mlflow.data.index import fingerprint, frame_index
-from seqtrack_mlflow.data.lasot import LasotDataset
+from seqtrack_mlflow.data.index import (
+    _columns,
+    _features,
+    fingerprint,
+    frame_index,
+    index_digest,
+    split_index,
+)
+from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
+from seqtrack_mlflow.data.sample import cache_dir
 from seqtrack_mlflow.data.summary import dataset_summary, format_summary
 from tests.datatrees import make_lasot_tree
 
@@ -67,7 +75,8 @@ def test_frame_index(tree, tmp_path):
     assert row["path"] == "airplane/airplane-1/img/00000001.jpg"
     seq = ds.sequences[0]
     assert np.array_equal(np.array(index["visible"][:30]), seq.visible)
-    assert (tree / ".seqtrack_index" / fingerprint(ds)).is_dir()
+    assert not (tree / ".seqtrack_index").exists()  # never written into the dataset tree
+    assert (cache_dir() / "index" / fingerprint(ds)).is_dir()
     again = frame_index(ds)  # cached, same content
     assert again["x"] == index["x"]
     # annotations change -> new fingerprint -> rebuilt
@@ -78,3 +87,55 @@ def test_frame_index(tree, tmp_path):
     ds2 = LasotDataset(tree, ("airplane", "bicycle"), skip_bad=True)
     assert fingerprint(ds2) != fingerprint(ds)
     assert frame_index(ds2)[30]["w"] == 5.0
+
+
+class _Boxes:
+    """A dataset-shaped object of synthetic sequences (no images): enough for the index."""
+
+    def __init__(self, root, sequences):
+        self.root, self.sequences = root, sequences
+
+
+def _big_index(tmp_path, edit=None):
+    """A frame index of 3 sequences x 5000 frames (15,000 rows); `edit(boxes, visible)` changes
+    the last sequence's arrays before the table is built."""
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    seqs = []
+    for n in (1, 2, 3):
+        boxes = np.round(rng.uniform(1, 300, size=(5000, 4)), 2)
+        visible = np.ones(5000, dtype=bool)
+        if n == 3 and edit is not None:
+            edit(boxes, visible)
+        seqs.append(Sequence(f"zebra-{n}", "zebra", tmp_path / "zebra" / f"zebra-{n}", boxes, visible,
+                             split="test" if n == 1 else "train"))
+    return Dataset.from_dict(_columns(_Boxes(tmp_path, seqs)), features=_features())
+
+
+def test_index_digest_sees_every_row_and_column(tmp_path):
+    import mlflow.data
+
+    base = _big_index(tmp_path)
+    assert len(base) == 15_000
+    digest = index_digest(base)
+    assert len(digest) == 64 and index_digest(_big_index(tmp_path)) == digest  # deterministic
+
+    def gt_edit(boxes, visible):  # one groundtruth value, row 14,000 (past MLflow's 10,000)
+        boxes[4000, 2] += 1.0
+
+    def visible_edit(boxes, visible):  # one boolean, row 14,999
+        visible[4999] = False
+
+    for edit in (gt_edit, visible_edit):
+        changed = _big_index(tmp_path, edit)
+        assert index_digest(changed) != digest
+        # what MLflow would have logged by itself: blind to both edits
+        assert (mlflow.data.from_huggingface(changed).digest == mlflow.data.from_huggingface(base).digest)
+        assert mlflow.data.from_huggingface(changed, digest=index_digest(changed)[:32]).digest != \
+            mlflow.data.from_huggingface(base, digest=digest[:32]).digest
+    # splits: train and test rows, each with its own digest
+    train, test = split_index(base, "train"), split_index(base, "test")
+    assert (len(train), len(test)) == (10_000, 5_000)
+    assert set(test["sequence"]) == {"zebra-1"}
+    assert len({index_digest(train), index_digest(test), digest}) == 3

@@ -91,6 +91,16 @@ class DataConfig:
     and a flip of the whole frames, box x' = W - 1 - x - w, before cropping)."""
     per_crop_flip: bool
     """Also flip each crop on its own with flip_prob (official RandomHorizontalFlip_Norm)."""
+    revision: str
+    """l-lt/LaSOT revision (commit sha, branch or tag) to download; '' = main, resolved to its
+    commit once per download and recorded in each class's marker and on the run."""
+    follow_symlinks: bool
+    """Follow symlinks in a LaSOT tree that lead outside it (always logged); false refuses them."""
+    max_class_bytes: int
+    """Most bytes one class zip may extract to (real LaSOT: the largest class is a few GB)."""
+    scaled_decode: bool
+    """Decode JPEG frames of >= 640x480 (LaSOT's 1280x720) at 1/2, 1/4 or 1/8 size (DCT scaling) when every
+    training crop taken from the frame shrinks by at least that much; false = always full size."""
 
 
 @dataclass(frozen=True)
@@ -408,6 +418,7 @@ def validate(cfg: Config) -> None:
         # An explicit LaSOT folder must exist unless the download is going to create it.
         _need(Path(d.root).expanduser().parent.exists(), "data.root", d.root,
               "its parent folder must exist")
+    _need(d.max_class_bytes >= 1, "data.max_class_bytes", d.max_class_bytes, "use >= 1 (bytes)")
     _need(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "use >= 1")
     _need(d.max_gap >= 1, "data.max_gap", d.max_gap, "use >= 1")
     _need(d.template_factor > 0, "data.template_factor", d.template_factor, "use > 0")

@@ -394,3 +394,24 @@ def cached_file(repo_id: str, filename: str, revision: str | None = None, token:
     with _hub_errors(action, token, endpoint):
         return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
                                     endpoint=resolve_endpoint(endpoint), token=token or False))
+
+
+def resolve_commit(repo_id: str, revision: str | None = None, repo_type: str = "model",
+                   token: str | None = None, endpoint: str | None = None) -> str:
+    """The commit sha that `revision` (branch, tag or sha; default main) names now: one request.
+
+    Downloads then ask for that sha, so every file of one download comes from the same commit
+    even if the branch moves meanwhile.
+    """
+    rev = revision or "main"
+    with _hub_errors(f"resolve {rev} of {repo_url(repo_id, endpoint, repo_type)}", token, endpoint):
+        info = _api(endpoint, token).repo_info(repo_id, repo_type=repo_type, revision=rev)
+    if not info.sha:
+        raise HubError(f"resolve {rev} of {repo_id}: the Hub reported no commit")
+    return info.sha
+
+
+def offline() -> bool:
+    """True under HF_HUB_OFFLINE=1: the client then answers from its local files only."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)

@@ -1,20 +1,30 @@
-"""Download chosen LaSOT classes from the Hugging Face dataset repo `l-lt/LaSOT`.
+"""LaSOT classes for a run: a copy already on disk, used in place, or a download of the chosen
+classes from the Hugging Face dataset repo `l-lt/LaSOT`.
 
 The repo holds one `<class>.zip` per class (multi-GB each, ~250 GB for all 70) plus
 `training_set.txt` / `testing_set.txt` at its root. Only the named files are ever requested;
 nothing lists or snapshots the repo.
 
-`ensure_lasot(root, classes)`, per class:
-1. `root/<class>/.seqtrack-complete.json` exists and names sequences that are all there:
-   nothing to do, no request (a second call is instant).
-2. Otherwise download `<class>.zip` into `root/.downloads/` (resumable: an interrupted download
-   continues where it stopped), extract it SAFELY into a temporary folder next to root (absolute
-   paths, `..` components, symlinks and any other non-regular member are refused, naming the
-   member), accept both layouts (`<class>-N/` at the zip root, or `<class>/<class>-N/`), check
-   every sequence the split files name for the class is there, read the tree with the LaSOT
-   reader (a damaged sequence is logged, not fatal: the caller's reader decides, see skip_bad),
-   write the marker, and rename the folder to `root/<class>` (atomic on one file system).
-3. Delete the zip unless keep_zip.
+`ensure_lasot(root, classes)` looks at each `root/<class>` first, without any request:
+- carries the project's marker `.seqtrack-complete.json` and every sequence it names: done;
+- a folder the project did not make whose `<class>-N/` folders all hold `groundtruth.txt` and
+  `img/` (a LaSOT copy of the user's, complete or a subset): used in place. Nothing is ever
+  written, moved or deleted inside it, and no request is made for it (not even split files:
+  the official test list ships with the package);
+- any other folder the project did not make (e.g. a partial copy) stops the run with one line
+  naming it; nothing in it is changed;
+- missing, or ours but unfinished (marker present, sequences gone): downloaded.
+
+A download resolves the repo's revision (`data.revision`, default main) to a commit ONCE, then
+fetches the split files (only those missing at root) and each class zip at that commit into
+`root/.downloads/` (resumable). Each zip is extracted into a temporary folder of our own
+(`.extract-<class>-*`, holding `.seqtrack-extracting`), with bounds (see `ExtractLimits`): bytes
+actually written per class, compression ratio per member, member count, free disk space, and
+no absolute paths, `..`, symlinks or special files. A breach stops with one line naming the
+member; the partial extraction is removed and the zip is flagged (`<class>.zip.rejected` beside
+it), so a rerun says so instead of extracting it again. The tree is then read back with the
+LaSOT reader, the marker (class, commit, sequences) is written and the folder is renamed to
+`root/<class>`. The zip is deleted unless keep_zip.
 """
 
 from __future__ import annotations
@@ -28,12 +38,18 @@ import stat
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqtrack_mlflow import hub
 from seqtrack_mlflow.config import LASOT_CLASSES
-from seqtrack_mlflow.data.lasot import (TEST_SPLIT_FILE, TRAIN_SPLIT_FILE, LasotDataset,
-                                        read_split_file)
+from seqtrack_mlflow.data.lasot import (
+    TEST_SPLIT_FILE,
+    TRAIN_SPLIT_FILE,
+    LasotDataset,
+    read_split_file,
+    sequence_folders,
+)
 from seqtrack_mlflow.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,44 +57,170 @@ log = logging.getLogger(__name__)
 LASOT_REPO = "l-lt/LaSOT"
 SPLIT_FILES = (TRAIN_SPLIT_FILE, TEST_SPLIT_FILE)
 MARKER = ".seqtrack-complete.json"
+EXTRACTING = ".seqtrack-extracting"  # first file of every temporary folder we make: marks it ours
 DOWNLOADS = ".downloads"
+REJECTED = ".rejected"  # `<class>.zip.rejected` beside a zip whose content was refused
+_TEMP_PREFIXES = (".extract-", ".old-")
 _CHUNK = 1 << 20
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Bounds on what one class zip may extract to (each breach: ExtractionRefused)."""
+
+    max_total_bytes: int = 32 * 2**30
+    """Bytes actually written for the class (data.max_class_bytes). Real LaSOT: the largest
+    class zip is a few GB and JPEGs barely compress, so 32 GiB leaves ample room."""
+    max_ratio: float = 100.0
+    """Uncompressed / compressed bytes of one member. JPEG frames are ~1.0; flag files
+    ('0,0,0,...') compress ~200x but stay far below `ratio_floor_bytes`."""
+    ratio_floor_bytes: int = 1 << 20
+    """The ratio is enforced once a member has written this much: a small file is no bomb."""
+    max_members: int = 500_000
+    """Zip members (a LaSOT class has 20 sequences of up to ~11,000 frames: <= ~220,000)."""
+    free_margin_bytes: int = 1 << 30
+    """Free disk space to keep beyond the zip's declared uncompressed size."""
+
+
+class ExtractionRefused(DataError):
+    """A zip's content breaks a bound or would escape its folder; the zip gets flagged."""
+
+
+@dataclass(frozen=True)
+class ClassOrigin:
+    """Where one class of a run comes from."""
+
+    name: str
+    kind: str
+    """'download' (made by this project from l-lt/LaSOT) or 'local' (a copy it did not make)."""
+    path: Path
+    revision: str | None = None
+    """The l-lt/LaSOT commit of a download (None for a local copy or an old marker)."""
+
+
+@dataclass(frozen=True)
+class LasotInstall:
+    """What `ensure_lasot` found or made: the root and each class's origin."""
+
+    root: Path
+    classes: dict[str, ClassOrigin] = field(default_factory=dict)
+    requests_made: bool = False
+    """True when the Hub was contacted (something had to be downloaded)."""
+
+    @property
+    def revisions(self) -> dict[str, str]:
+        """{class: commit sha, or 'local'} ('unknown' for a download without a recorded commit)."""
+        return {c: (o.revision or "unknown") if o.kind == "download" else "local"
+                for c, o in self.classes.items()}
+
+
+def _is_sha(revision: str | None) -> bool:
+    return bool(revision) and bool(_SHA.match(revision.lower()))
 
 
 def ensure_lasot(root: str | Path, classes, token: str | None = None, endpoint: str | None = None,
-                 keep_zip: bool = False, revision: str | None = None) -> Path:
-    """Make sure `root/<class>/` holds each chosen LaSOT class; download what is missing."""
+                 keep_zip: bool = False, revision: str | None = None,
+                 limits: ExtractLimits | None = None) -> LasotInstall:
+    """Use or download each chosen class under `root` (see the module docstring)."""
     root = Path(root).expanduser()
     classes = tuple(classes)
+    limits = limits or ExtractLimits()
     unknown = [c for c in classes if c not in LASOT_CLASSES]
     if unknown:
         raise DataError(f"unknown LaSOT class {unknown[0]!r}; expected one of: {', '.join(LASOT_CLASSES)}")
+    origins: dict[str, ClassOrigin] = {}
+    todo: list[str] = []
+    for cls in classes:  # look at every class before any request or write
+        state, detail = class_state(root, cls)
+        if state == "foreign":
+            raise DataError(f"{root / cls}: {detail}, and seqtrack-mlflow did not make this folder, so it "
+                            f"is left untouched: complete it (each {cls}-N/ needs groundtruth.txt and "
+                            f"img/), move it away to download the class, or set data.root elsewhere")
+        if state == "local":
+            log.info("LaSOT class %s: using your copy in place (%s); nothing in it is changed",
+                     cls, detail)
+            origins[cls] = ClassOrigin(cls, "local", root / cls)
+        elif state == "ours":
+            rev = marker_revision(root, cls)
+            if _is_sha(revision) and rev != revision.lower():
+                raise DataError(f"{root / cls}: downloaded at l-lt/LaSOT commit {rev or 'unknown'}, but "
+                                f"data.revision pins {revision}; use another data.root or drop the pin")
+            log.info("LaSOT class %s already complete in %s (commit %s)", cls, root / cls, rev or "unknown")
+            origins[cls] = ClassOrigin(cls, "download", root / cls, rev)
+        else:
+            todo.append(cls)
+    if not todo:
+        return LasotInstall(root, {c: origins[c] for c in classes})
+
+    # Something must be downloaded: from here on the Hub is contacted and root is written.
     root.mkdir(parents=True, exist_ok=True)
+    if not os.access(root, os.W_OK):
+        raise DataError(f"{root}: not writable, so class {todo[0]} cannot be downloaded there; set "
+                        f"data.root to a writable folder (classes already there are read in place)")
+    for cls in todo:
+        _check_not_rejected(root, cls)
+    _remove_stale_temp(root)
     token = hub.get_token(token, required=False)  # the dataset is public; a token only helps limits
-    todo = [c for c in classes if not is_complete(root, c)]
-    for cls in classes:
-        if cls not in todo:
-            log.info("LaSOT class %s already complete in %s", cls, root / cls)
-    if todo or not all((root / name).is_file() for name in SPLIT_FILES):
-        _fetch_split_files(root, token, endpoint, revision)
+    if _is_sha(revision):
+        commit = revision.lower()
+    elif hub.offline():  # only files already fetched can be used; their commit is not known
+        commit = None
+        log.warning("HF_HUB_OFFLINE is set: l-lt/LaSOT %s is not resolved to a commit; the "
+                    "classes installed now record no revision", revision or "main")
+    else:
+        commit = hub.resolve_commit(LASOT_REPO, revision or None, "dataset", token=token,
+                                    endpoint=endpoint)
+        log.info("l-lt/LaSOT %s is commit %s", revision or "main", commit)
+    _fetch_split_files(root, token, endpoint, commit)
     for cls in todo:
         started = time.monotonic()
-        log.info("downloading LaSOT class %s (%s.zip from %s; multi-GB for real LaSOT)",
-                 cls, cls, hub.repo_url(LASOT_REPO, endpoint, "dataset"))
+        log.info("downloading LaSOT class %s (%s.zip from %s at %s; multi-GB for real LaSOT)",
+                 cls, cls, hub.repo_url(LASOT_REPO, endpoint, "dataset"), (commit or "main")[:12])
         zip_path = hub.download_file(LASOT_REPO, f"{cls}.zip", "dataset", root / DOWNLOADS,
-                                     token=token, endpoint=endpoint, revision=revision)
+                                     token=token, endpoint=endpoint, revision=commit)
         log.info("downloaded %s (%.1f MB, %.1f s); extracting", zip_path.name,
                  zip_path.stat().st_size / 1e6, time.monotonic() - started)
-        install_class_zip(zip_path, root, cls)
+        install_class_zip(zip_path, root, cls, revision=commit, limits=limits)
         if not keep_zip:
             zip_path.unlink(missing_ok=True)
         log.info("LaSOT class %s ready in %s (%.1f s)", cls, root / cls, time.monotonic() - started)
-    return root
+        origins[cls] = ClassOrigin(cls, "download", root / cls, commit)
+    return LasotInstall(root, {c: origins[c] for c in classes}, requests_made=True)
+
+
+def class_state(root: Path, cls: str) -> tuple[str, str]:
+    """('missing' | 'ours' | 'ours-unfinished' | 'local' | 'foreign', detail). Reads only."""
+    folder = root / cls
+    if not os.path.lexists(folder):
+        return "missing", ""
+    if not folder.is_dir():
+        return "foreign", "is not a folder"
+    if (folder / MARKER).is_file():
+        return ("ours", "") if is_complete(root, cls) else ("ours-unfinished", "")
+    sequences = sequence_folders(folder)
+    if not sequences:
+        return "foreign", f"holds no {cls}-N/ sequence folders"
+    for seq in sequences:
+        for need, ok in (("groundtruth.txt", (seq / "groundtruth.txt").is_file()),
+                         ("img/", (seq / "img").is_dir())):
+            if not ok:
+                return "foreign", f"{seq.name}/ has no {need}"
+    return "local", f"{len(sequences)} sequences"
+
+
+def marker_revision(root: Path, cls: str) -> str | None:
+    """The commit recorded in the class's marker (None for markers from before it was recorded)."""
+    try:
+        value = json.loads((root / cls / MARKER).read_text(encoding="utf-8")).get("revision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _fetch_split_files(root: Path, token, endpoint, revision) -> None:
     for name in SPLIT_FILES:
-        if (root / name).is_file():
+        if os.path.lexists(root / name):  # never replace a file that is already there
             continue
         path = hub.download_file(LASOT_REPO, name, "dataset", root / DOWNLOADS, token=token,
                                  endpoint=endpoint, revision=revision)
@@ -107,20 +249,48 @@ def is_complete(root: Path, cls: str) -> bool:
     return bool(sequences) and all((root / cls / s / "groundtruth.txt").is_file() for s in sequences)
 
 
-# -- safe extraction --------------------------------------------------------------------------
+def _rejected_flag(zip_path: Path) -> Path:
+    return zip_path.with_name(zip_path.name + REJECTED)
+
+
+def _check_not_rejected(root: Path, cls: str) -> None:
+    zip_path = root / DOWNLOADS / f"{cls}.zip"
+    flag = _rejected_flag(zip_path)
+    if flag.is_file():
+        reason = flag.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        raise DataError(f"{zip_path} was refused before ({reason[0] if reason else 'no reason recorded'}); "
+                        f"delete it and {flag.name} to download it again")
+
+
+def _remove_stale_temp(root: Path) -> None:
+    """Remove temporary folders a killed run of ours left in root (only those marked ours)."""
+    for entry in os.scandir(root):
+        if (entry.name.startswith(_TEMP_PREFIXES) and entry.is_dir(follow_symlinks=False)
+                and os.path.isfile(os.path.join(entry.path, EXTRACTING))):
+            log.info("removing %s, left by an interrupted extraction", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _own_temp_dir(root: Path, prefix: str) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    (tmp / EXTRACTING).write_text("seqtrack-mlflow temporary folder; safe to delete\n")
+    return tmp
+
+
+# -- safe, bounded extraction -----------------------------------------------------------------
 def _member_parts(info: zipfile.ZipInfo, zip_path: Path) -> tuple[str, ...]:
-    """The member's path components, or DataError if it could escape the target folder."""
+    """The member's path components, or ExtractionRefused if it could escape the target folder."""
     name = info.filename
     file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records no unix mode
     if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
         kind = "symlink" if file_type == stat.S_IFLNK else "special file (link, device or fifo)"
-        raise DataError(f"{zip_path}: member {name!r} is a {kind}; refusing to extract")
+        raise ExtractionRefused(f"{zip_path}: member {name!r} is a {kind}; refusing to extract")
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise DataError(f"{zip_path}: member {name!r} has an absolute path; refusing to extract")
+        raise ExtractionRefused(f"{zip_path}: member {name!r} has an absolute path; refusing to extract")
     parts = tuple(p for p in re.split(r"[/\\]+", name) if p not in ("", "."))
     if ".." in parts:
-        raise DataError(f"{zip_path}: member {name!r} points outside the folder ('..'); "
-                        f"refusing to extract")
+        raise ExtractionRefused(f"{zip_path}: member {name!r} points outside the folder ('..'); "
+                                f"refusing to extract")
     return parts
 
 
@@ -133,54 +303,119 @@ def _layout_prefix(members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], cls: 
         return 1
     if tops and all(seq.match(t) for t in tops):
         return 0
-    raise DataError(f"{zip_path}: unexpected layout, top-level entries {sorted(tops)[:5]}; expected "
-                    f"'{cls}-N/' folders or one '{cls}/' folder holding them")
+    raise ExtractionRefused(f"{zip_path}: unexpected layout, top-level entries {sorted(tops)[:5]}; "
+                            f"expected '{cls}-N/' folders or one '{cls}/' folder holding them")
 
 
-def extract_class_zip(zip_path: Path, dest: Path, cls: str) -> list[str]:
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _check_declared(infos: list[zipfile.ZipInfo], zip_path: Path, dest: Path,
+                    limits: ExtractLimits) -> int:
+    """Cheap checks before writing anything: declared total and free disk space.
+    Returns the declared uncompressed total (the real bound is on bytes written, below)."""
+    total = 0
+    for info in infos:
+        total += info.file_size
+        if total > limits.max_total_bytes:
+            raise ExtractionRefused(
+                f"{zip_path}: member {info.filename!r} takes the declared size past "
+                f"data.max_class_bytes={limits.max_total_bytes} ({_gib(limits.max_total_bytes)}); "
+                f"refusing to extract (raise data.max_class_bytes if the zip is genuine)")
+    existing = dest
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < total + limits.free_margin_bytes:
+        raise DataError(f"{zip_path}: extracting needs {_gib(total)} plus a {_gib(limits.free_margin_bytes)} "
+                        f"margin, but {dest} has {_gib(free)} free; free some space and rerun")
+    return total
+
+
+def extract_class_zip(zip_path: Path, dest: Path, cls: str,
+                      limits: ExtractLimits | None = None) -> list[str]:
     """Extract a class zip into `dest/<class>/<class>-N/...`; returns the sequence names.
 
-    Every member is checked before anything is written (so a bad zip leaves nothing behind), and
-    each file is written by us under `dest` (never `ZipFile.extract`), without permissions or
-    links from the archive.
+    Every member's path is checked before anything is written, and each file is written by us
+    under `dest` (never `ZipFile.extract`), without permissions or links from the archive,
+    counting the bytes actually written against `limits` (a zip may declare small sizes and
+    inflate to much more).
     """
+    from tqdm import tqdm
+
+    limits = limits or ExtractLimits()
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{zip_path}: not a readable zip ({exc}); delete it and download again") from None
     with zf:
-        members = [(info, _member_parts(info, zip_path)) for info in zf.infolist()]
+        infos = zf.infolist()
+        if len(infos) > limits.max_members:  # before looking at each member
+            raise ExtractionRefused(f"{zip_path}: member {infos[limits.max_members].filename!r} is past "
+                                    f"the limit of {limits.max_members} members; refusing to extract")
+        members = [(info, _member_parts(info, zip_path)) for info in infos]
         members = [(i, p) for i, p in members if p and p[0] != "__MACOSX"]
         drop = _layout_prefix(members, cls, zip_path)
+        declared = _check_declared(infos, zip_path, dest, limits)
         base = (dest / cls).resolve()
         names = set()
-        for info, parts in members:
-            rel = parts[drop:]
-            if not rel:
-                continue
-            target = base.joinpath(*rel)
-            if os.path.commonpath([base, target.resolve()]) != str(base):  # belt and braces
-                raise DataError(f"{zip_path}: member {info.filename!r} resolves outside {base}")
-            names.add(rel[0])
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise DataError(f"{zip_path}: member {info.filename!r} is damaged ({exc}); delete the "
-                                f"zip and download again") from None
+        written_total = 0
+        # disable=None: no bar when stderr is not a terminal (logs, CI, mlflow run > file)
+        with tqdm(total=declared, unit="B", unit_scale=True, desc=f"extract {cls}", disable=None,
+                  leave=False) as bar:
+            for info, parts in members:
+                rel = parts[drop:]
+                if not rel:
+                    continue
+                target = base.joinpath(*rel)
+                if os.path.commonpath([base, target.resolve()]) != str(base):  # belt and braces
+                    raise ExtractionRefused(f"{zip_path}: member {info.filename!r} resolves outside {base}")
+                names.add(rel[0])
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                ratio_cap = limits.max_ratio * max(info.compress_size, 1)
+                written = 0
+                try:
+                    with zf.open(info) as src, open(target, "wb") as out:
+                        while chunk := src.read(_CHUNK):
+                            written += len(chunk)
+                            written_total += len(chunk)
+                            if written_total > limits.max_total_bytes:
+                                raise ExtractionRefused(
+                                    f"{zip_path}: member {info.filename!r} takes the extracted size past "
+                                    f"data.max_class_bytes={limits.max_total_bytes} "
+                                    f"({_gib(limits.max_total_bytes)}); refusing to extract further")
+                            if written > limits.ratio_floor_bytes and written > ratio_cap:
+                                raise ExtractionRefused(
+                                    f"{zip_path}: member {info.filename!r} inflates more than "
+                                    f"{limits.max_ratio:g}x its {info.compress_size} compressed bytes "
+                                    f"(a zip bomb?); refusing to extract")
+                            out.write(chunk)
+                            bar.update(len(chunk))
+                except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+                    raise DataError(f"{zip_path}: member {info.filename!r} is damaged ({exc}); delete the "
+                                    f"zip and download again") from None
+                except OSError as exc:
+                    raise DataError(f"{zip_path}: cannot write member {info.filename!r} to {target} "
+                                    f"({exc.strerror or exc}); partial extraction removed") from None
     return sorted(n for n in names if re.fullmatch(rf"{re.escape(cls)}-\d+", n))
 
 
-def install_class_zip(zip_path: Path, root: Path, cls: str) -> list[str]:
-    """Extract into a temp folder beside root/<class>, verify, mark complete, rename into place."""
-    root = Path(root)
-    tmp_root = Path(tempfile.mkdtemp(prefix=f".extract-{cls}-", dir=root))
+def install_class_zip(zip_path: Path, root: Path, cls: str, revision: str | None = None,
+                      limits: ExtractLimits | None = None) -> list[str]:
+    """Extract into a temp folder of ours beside root/<class>, verify, mark complete, rename into
+    place. root/<class> may only be absent or ours (our marker); anything else is refused."""
+    root, zip_path = Path(root), Path(zip_path)
+    tmp_root = _own_temp_dir(root, f".extract-{cls}-")
     try:
-        sequences = extract_class_zip(Path(zip_path), tmp_root, cls)
+        try:
+            sequences = extract_class_zip(zip_path, tmp_root, cls, limits)
+        except ExtractionRefused as exc:
+            _rejected_flag(zip_path).write_text(f"{exc}\n", encoding="utf-8")
+            raise
         if not sequences:
             raise DataError(f"{zip_path}: holds no '{cls}-N/' sequence folders")
         missing = sorted(split_names(root, cls) - set(sequences))
@@ -199,11 +434,14 @@ def install_class_zip(zip_path: Path, root: Path, cls: str) -> list[str]:
             log.warning("%s: sequence %s is damaged in the download: %s", zip_path.name, name, why)
         log.info("%s: %d train / %d test sequences read back", cls, len(dataset.train), len(dataset.test))
         (tmp_root / cls / MARKER).write_text(json.dumps(
-            {"class": cls, "source": f"{LASOT_REPO}/{zip_path.name}", "sequences": sequences},
-            indent=1) + "\n", encoding="utf-8")
+            {"class": cls, "source": f"{LASOT_REPO}/{zip_path.name}", "revision": revision,
+             "sequences": sequences}, indent=1) + "\n", encoding="utf-8")
         final = root / cls
-        if final.exists():  # an earlier, incomplete attempt: move it aside, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".old-{cls}-", dir=root))
+        if os.path.lexists(final):
+            if not (final / MARKER).is_file():  # re-checked here: never replace a folder not ours
+                raise DataError(f"{final}: appeared during the download and was not made by "
+                                f"seqtrack-mlflow; left untouched, the extracted class was discarded")
+            old = _own_temp_dir(root, f".old-{cls}-")  # our unfinished install: aside, then gone
             os.replace(final, old / cls)
             shutil.rmtree(old)
         os.replace(tmp_root / cls, final)

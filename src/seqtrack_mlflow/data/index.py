@@ -2,15 +2,19 @@
 
 Columns: sequence, class, frame (0-based), path (relative to the dataset root, so the table
 and its digest do not depend on where the data lives), x, y, w, h (groundtruth, pixels),
-visible, split. Built with `datasets.Dataset.from_dict`, saved next to the data in
-`<root>/.seqtrack_index/<fingerprint>/` and memory-mapped on later calls. The fingerprint is
-a sha256 of the parsed annotations (names, split, boxes, visibility), so the index is rebuilt
-exactly when the data changes (older indexes are left in place: another class selection of
-the same root may still use them; they are ~100 bytes per frame). When the root is not
-writable the cache folder is used.
+visible, split. Built with `datasets.Dataset.from_dict`, saved in the user's cache folder
+(`<cache>/index/<fingerprint>/`, never inside the dataset tree, which may be the user's own
+read-only copy) and memory-mapped on later calls. The fingerprint is a sha256 of the parsed
+annotations (names, split, boxes, visibility), so the index is rebuilt exactly when the data
+changes (older indexes are left in place: another class selection may still use them; they
+are ~100 bytes per frame).
 
-The trainer logs it with `mlflow.data.from_huggingface` (its digest identifies the data of a
-run). Sampling does not use it: reading the annotations with numpy takes milliseconds for the
+`index_digest(table)` is the sha256 of every row and every column of a table (the boolean
+`visible` column included). The run logs it as the MLflow dataset digest: MLflow's own digest
+hashes only the first 10,000 rows through pandas, so most annotation edits of a real LaSOT
+index would leave it unchanged.
+
+Sampling does not use the table: reading the annotations with numpy takes milliseconds for the
 sample data (~20 ms for 40 LaSOT sequences), while `import datasets` alone costs ~1-2 s and
 Arrow row access is slower than numpy arrays (see benchmarks/data_pipeline.py).
 """
@@ -74,14 +78,7 @@ def _features():
     })
 
 
-def _index_parent(dataset: LasotDataset) -> Path:
-    parent = dataset.root / INDEX_DIR
-    try:
-        parent.mkdir(exist_ok=True)
-        if os.access(parent, os.W_OK):
-            return parent
-    except OSError:
-        pass
+def _index_parent() -> Path:
     from seqtrack_mlflow.data.sample import cache_dir
     parent = cache_dir() / "index"
     parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +90,7 @@ def frame_index(dataset: LasotDataset):
     from datasets import Dataset, load_from_disk
 
     key = fingerprint(dataset)
-    parent = _index_parent(dataset)
+    parent = _index_parent()
     folder = parent / key
     if not folder.is_dir():
         table = Dataset.from_dict(_columns(dataset), features=_features())
@@ -107,3 +104,42 @@ def frame_index(dataset: LasotDataset):
                 raise
         log.info("frame index: %d frames written to %s", len(table), folder)
     return load_from_disk(str(folder))
+
+
+DIGEST_CHARS = 32
+"""Characters of `index_digest` given to MLflow (its dataset digest column holds 36)."""
+
+
+def index_digest(table) -> str:
+    """sha256 (64 hex digits) of all rows and all columns of a frame index (`datasets.Dataset`
+    or a `select`/`filter` of one): column names and types, then each column's values in a
+    canonical byte form (numbers little-endian, booleans one byte each, strings as lengths +
+    UTF-8 bytes), so the same table gives the same digest however Arrow chunked it."""
+    import pyarrow as pa
+
+    data = table.with_format("arrow")[:] if hasattr(table, "with_format") else table
+    h = hashlib.sha256(f"frame-index-digest-v1\0{data.num_rows}".encode())
+    for name in data.column_names:
+        column = data.column(name).combine_chunks()
+        h.update(f"\0{name}\0{column.type}\0{column.null_count}\0".encode())
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            width = np.int32 if pa.types.is_string(column.type) else np.int64
+            offsets = np.frombuffer(column.buffers()[1], dtype=width)[column.offset:column.offset + len(column) + 1]
+            values = column.buffers()[2]
+            blob = b"" if values is None else values.to_pybytes()[offsets[0]:offsets[-1]]
+            h.update(np.diff(offsets).astype("<i8").tobytes())
+            h.update(blob)
+        elif pa.types.is_boolean(column.type):
+            h.update(column.to_numpy(zero_copy_only=False).astype(np.uint8).tobytes())
+        else:
+            values = column.to_numpy(zero_copy_only=False)
+            h.update(values.astype(values.dtype.newbyteorder("<")).tobytes())
+    return h.hexdigest()
+
+
+def split_index(table, split: str):
+    """The rows of one split ('train' or 'test') of a frame index."""
+    import pyarrow.compute as pc
+
+    mask = pc.equal(table.with_format("arrow")[:].column("split"), split)
+    return table.select(np.flatnonzero(mask.to_numpy(zero_copy_only=False)))

@@ -17,9 +17,17 @@ rule that applies decides:
 1. `testing_set.txt` at the root (the official list; the Hub downloader puts it there) names at
    least one sequence of the class: those are test, the rest train.
 2. `training_set.txt` at the root names at least one sequence of the class: the others are test.
-3. The class is airplane or bicycle: the protocol-II names built in below.
-4. Otherwise (a class without split files): in numeric order, every fifth sequence starting
-   with the first (positions 0, 5, 10, 15: 4 of LaSOT's 20) is test.
+3. The class is one of LaSOT's 70: the official protocol-II list shipped with the package
+   (`lasot_testing_set.txt`, 4 per class; e.g. zebra-10, -14, -16, -17), so every class works
+   offline and no split file is ever downloaded for a local copy.
+4. Otherwise (a class LaSOT does not have): in numeric order, every fifth sequence starting
+   with the first is test.
+
+Symlinks: a class, sequence, annotation or frame path that is a link resolving outside the
+root is logged (`LasotDataset.outside_links`); with `follow_symlinks=False` it is refused
+with a DataError naming the link and its target.
+
+Nothing here writes: the tree may be read-only, and is never changed.
 
 Every problem raises `DataError` naming the file (and line where there is one). With
 `skip_bad=True` a bad sequence is skipped with a warning and listed in `LasotDataset.skipped`,
@@ -32,6 +40,8 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +50,24 @@ from seqtrack_mlflow.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# Protocol-II test sequences of the two classes the project trains on by default
-# (from the official LaSOT testing_set.txt).
-PROTOCOL_II_TEST = {
-    "airplane": (1, 9, 13, 15),
-    "bicycle": (2, 7, 9, 18),
-}
+PROTOCOL_II_FILE = "lasot_testing_set.txt"  # package data beside this module
+
+
+@lru_cache(maxsize=1)
+def protocol_ii_test() -> dict[str, tuple[int, ...]]:
+    """{class: its four protocol-II test sequence numbers} for all 70 LaSOT classes, read from
+    the official testing_set.txt shipped as package data."""
+    text = resources.files(__package__).joinpath(PROTOCOL_II_FILE).read_text(encoding="utf-8")
+    table: dict[str, list[int]] = {}
+    for line in text.splitlines():
+        name = line.strip()
+        if name and not name.startswith("#"):
+            cls, number = name.rsplit("-", 1)
+            table.setdefault(cls, []).append(int(number))
+    return {cls: tuple(sorted(numbers)) for cls, numbers in table.items()}
+
+
+PROTOCOL_II_TEST = protocol_ii_test()
 TRAIN_SPLIT_FILE = "training_set.txt"
 TEST_SPLIT_FILE = "testing_set.txt"
 JPEG_SOI = b"\xff\xd8\xff"  # every JPEG starts with the SOI marker and a segment marker
@@ -162,9 +184,36 @@ def _check_jpeg(path: Path) -> None:
 
 
 _FRAME_RE = re.compile(r"^(\d{8})\.jpg$")
+_LINKS_LOGGED = 5  # log the first few outside links one by one, then only a count
 
 
-def read_sequence(path: str | Path, split: str = "train", deep: bool = False) -> Sequence:
+class LinkPolicy:
+    """Where symlinks inside a LaSOT tree may point: anywhere (logged when outside the root),
+    or only inside the root (`follow=False`: an outside link raises DataError)."""
+
+    def __init__(self, root: Path, follow: bool = True):
+        self.root = Path(os.path.realpath(root))
+        self.follow = follow
+        self.outside: list[tuple[str, str]] = []
+
+    def check(self, path: Path, is_link: bool | None = None) -> None:
+        """Check `path` if it is a symlink (`is_link` saves the lstat when the caller knows)."""
+        if not (os.path.islink(path) if is_link is None else is_link):
+            return
+        target = os.path.realpath(path)
+        if os.path.commonpath([self.root, target]) == str(self.root):
+            return
+        if not self.follow:
+            raise DataError(f"{path}: symlink to {target}, outside the dataset folder {self.root}; "
+                            f"copy the data in, or allow it with --set data.follow_symlinks=true")
+        self.outside.append((str(path), target))
+        if len(self.outside) <= _LINKS_LOGGED:
+            log.warning("%s: symlink to %s, outside the dataset folder; followed "
+                        "(--set data.follow_symlinks=false refuses such links)", path, target)
+
+
+def read_sequence(path: str | Path, split: str = "train", deep: bool = False,
+                  links: LinkPolicy | None = None) -> Sequence:
     """Read one sequence folder `<class>-<n>`.
 
     Checks: groundtruth and flag files parse, one annotation per frame, img/ holds exactly
@@ -177,6 +226,10 @@ def read_sequence(path: str | Path, split: str = "train", deep: bool = False) ->
     class_name = name.rsplit("-", 1)[0]
     if not path.is_dir():
         raise DataError(f"{path}: sequence folder not found")
+    if links is not None:
+        for p in (path, path / "groundtruth.txt", path / "full_occlusion.txt",
+                  path / "out_of_view.txt", path / "img"):
+            links.check(p)
     boxes = parse_groundtruth(path / "groundtruth.txt")
     n = len(boxes)
     occluded = parse_flags(path / "full_occlusion.txt", n)
@@ -190,6 +243,8 @@ def read_sequence(path: str | Path, split: str = "train", deep: bool = False) ->
             m = _FRAME_RE.match(entry.name)
             if m:
                 numbers.append(int(m.group(1)))
+                if links is not None:  # d_type from the directory listing: no extra stat
+                    links.check(Path(entry.path), entry.is_symlink())
     numbers.sort()
     if numbers != list(range(1, n + 1)):
         have = set(numbers)
@@ -249,17 +304,21 @@ class LasotDataset:
     """The chosen classes of a LaSOT-format tree, split into train and test sequences.
 
     Attributes: `root`, `classes`, `sequences` (all, class then number order), `train`, `test`,
-    `skipped` (list of (sequence name, reason)), `split_rules` ({class: rule used}).
+    `skipped` (list of (sequence name, reason)), `split_rules` ({class: rule used}),
+    `outside_links` ([(link, target)] of symlinks leading out of the root), `origin` (where
+    the data came from, set by `data.open.open_dataset`; None otherwise).
     """
 
     def __init__(self, root: str | Path, classes: tuple[str, ...] | list[str],
-                 skip_bad: bool = False, deep: bool = False):
+                 skip_bad: bool = False, deep: bool = False, follow_symlinks: bool = True):
         self.root = Path(root).expanduser()
         self.classes = tuple(classes)
         self.skipped: list[tuple[str, str]] = []
         self.split_rules: dict[str, str] = {}
+        self.origin = None
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset folder not found")
+        links = LinkPolicy(self.root, follow_symlinks)
         test_file = train_file = None
         if (self.root / TEST_SPLIT_FILE).is_file():
             test_file = read_split_file(self.root / TEST_SPLIT_FILE)
@@ -269,10 +328,13 @@ class LasotDataset:
             both = sorted(test_file & train_file)
             log.warning("%s: %d sequence(s) listed in both split files (e.g. %s); treated as test",
                         self.root, len(both), both[0])
+        for name in (TEST_SPLIT_FILE, TRAIN_SPLIT_FILE):
+            links.check(self.root / name)
         for cls in self.classes:  # all class folders first: fail before any slow reading
             if not (self.root / cls).is_dir():
                 raise DataError(f"{self.root / cls}: class folder not found; download the class or "
                                 f"remove {cls!r} from data.classes")
+            links.check(self.root / cls)
         sequences: list[Sequence] = []
         for cls in self.classes:
             class_dir = self.root / cls
@@ -285,12 +347,16 @@ class LasotDataset:
             for folder in folders:
                 split = "test" if folder.name in test else "train"
                 try:
-                    sequences.append(read_sequence(folder, split=split, deep=deep))
+                    sequences.append(read_sequence(folder, split=split, deep=deep, links=links))
                 except DataError as exc:
                     if not skip_bad:
                         raise
                     log.warning("skipping bad sequence %s: %s", folder.name, exc)
                     self.skipped.append((folder.name, str(exc)))
+        if len(links.outside) > _LINKS_LOGGED:
+            log.warning("%s: %d symlinks lead outside the dataset folder in all (first ones above)",
+                        self.root, len(links.outside))
+        self.outside_links = links.outside
         self.sequences = sequences
         self.train = [s for s in sequences if s.split == "train"]
         self.test = [s for s in sequences if s.split == "test"]

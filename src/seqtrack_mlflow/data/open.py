@@ -1,35 +1,130 @@
-"""One call from a DataConfig to a ready dataset: the bundled sample or downloaded LaSOT."""
+"""One call from a DataConfig to a ready dataset: the bundled sample, a LaSOT copy already on
+disk (read in place), or the chosen LaSOT classes downloaded into the user's cache."""
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from seqtrack_mlflow.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LASOT_ROOT = Path("data") / "lasot"
+HUB_SOURCE = "hf://datasets/l-lt/LaSOT"
 
 
-def dataset_source(data: DataConfig) -> str:
+def default_lasot_root() -> Path:
+    """Where downloads go when data.root is empty: $SEQTRACK_CACHE/lasot, else
+    $XDG_CACHE_HOME/seqtrack_mlflow/lasot, else ~/.cache/seqtrack_mlflow/lasot. Not under the
+    current folder, so `mlflow run` from a git URL or from elsewhere reuses one copy."""
+    from seqtrack_mlflow.data.sample import cache_dir
+    return cache_dir() / "lasot"
+
+
+@dataclass(frozen=True)
+class DataOrigin:
+    """Where a run's data came from, as logged on the run (tags and dataset source)."""
+
+    kind: str
+    """'sample', 'hub' (every class downloaded by the project), 'local' (a copy the project did
+    not make, read in place) or 'mixed' (some of each)."""
+    root: str
+    """Absolute path of the tree."""
+    revision: str
+    """The l-lt/LaSOT commit of a download; 'local' for a local copy; the sample's version;
+    'class=rev,...' when the classes differ."""
+    source: str
+    """Dataset source URI: hf://datasets/l-lt/LaSOT@<commit>, file://<root>, or the sample's."""
+
+    def tags(self) -> dict[str, str]:
+        return {"seqtrack.data_source": self.source, "seqtrack.data_revision": self.revision,
+                "seqtrack.data_root": self.root, "seqtrack.data_origin": self.kind}
+
+
+def lasot_origin(root: Path, revisions: dict[str, str]) -> DataOrigin:
+    """The origin of a LaSOT tree from {class: commit | 'local' | 'unknown'}."""
+    root_abs = os.path.abspath(root)
+    kinds = {"local" if r == "local" else "hub" for r in revisions.values()}
+    distinct = sorted(set(revisions.values()))
+    if kinds == {"hub"} and len(distinct) == 1:
+        return DataOrigin("hub", root_abs, distinct[0], f"{HUB_SOURCE}@{distinct[0]}")
+    revision = distinct[0] if len(distinct) == 1 else ",".join(f"{c}={r}" for c, r in revisions.items())
+    kind = "local" if kinds == {"local"} else ("hub" if kinds == {"hub"} else "mixed")
+    return DataOrigin(kind, root_abs, revision, Path(root_abs).as_uri())
+
+
+def dataset_source(data: DataConfig, dataset=None) -> str:
     """Where the data comes from, as logged to MLflow (dataset source / tag)."""
+    origin = getattr(dataset, "origin", None)
+    if origin is not None:
+        return origin.source
     if data.source == "lasot":
-        return "hf://datasets/l-lt/LaSOT"
+        return HUB_SOURCE
     from seqtrack_mlflow.data.sample import SAMPLE_VERSION
     return f"seqtrack_mlflow.data.sample/{SAMPLE_VERSION}"
 
 
-def open_dataset(data: DataConfig):
-    """Generate the sample tree or download the chosen LaSOT classes, then read it."""
+def open_dataset(data: DataConfig, endpoint: str | None = None):
+    """Generate the sample tree, or use / download the chosen LaSOT classes; then read it.
+
+    The returned LasotDataset carries `.origin` (a DataOrigin)."""
     from seqtrack_mlflow.data.lasot import LasotDataset
 
     if data.source == "sample":
-        from seqtrack_mlflow.data.sample import ensure_sample_data
+        from seqtrack_mlflow.data.sample import SAMPLE_VERSION, ensure_sample_data
         root = ensure_sample_data(Path(data.root) if data.root else None)
+        origin = DataOrigin("sample", os.path.abspath(root), f"v{SAMPLE_VERSION}",
+                            dataset_source(data))
     else:
-        from seqtrack_mlflow.data.download import ensure_lasot
-        root = ensure_lasot(Path(data.root) if data.root else DEFAULT_LASOT_ROOT, data.classes,
-                            keep_zip=data.keep_zip)
-    log.info("dataset: %s data in %s, classes %s", data.source, root, ",".join(data.classes))
-    return LasotDataset(root, data.classes, skip_bad=data.skip_bad_sequences)
+        from seqtrack_mlflow.data.download import ExtractLimits, ensure_lasot
+        root = Path(data.root).expanduser() if data.root else default_lasot_root()
+        install = ensure_lasot(root, data.classes, endpoint=endpoint, keep_zip=data.keep_zip,
+                               revision=data.revision or None,
+                               limits=ExtractLimits(max_total_bytes=data.max_class_bytes))
+        origin = lasot_origin(install.root, install.revisions)
+    log.info("dataset: %s data in %s, classes %s (%s %s)", data.source, root, ",".join(data.classes),
+             origin.kind, origin.revision)
+    dataset = LasotDataset(root, data.classes, skip_bad=data.skip_bad_sequences,
+                           follow_symlinks=data.follow_symlinks)
+    dataset.origin = origin
+    return dataset
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """One MLflow dataset input of a run: rows of the frame index and how to log them."""
+
+    table: object
+    """A `datasets.Dataset` (rows of the frame index)."""
+    name: str
+    context: str
+    """'training', 'validation' or 'evaluation'."""
+    digest: str
+    """`index_digest` of these rows, cut to what MLflow stores."""
+    source: str
+
+
+# Which rows each context reads: training samples come from the train sequences; validation
+# (each epoch) and evaluation (tracking) from the held-out test sequences.
+CONTEXT_SPLITS = {"training": "train", "validation": "test", "evaluation": "test"}
+
+
+def dataset_inputs(dataset, data: DataConfig, contexts: tuple[str, ...]) -> tuple[list[DatasetInput], dict[str, str]]:
+    """The inputs to log for `contexts`, and the run tags naming the data (origin, revision, root,
+    and the full 64-digit digest of the whole frame index)."""
+    from seqtrack_mlflow.data.index import DIGEST_CHARS, frame_index, index_digest, split_index
+
+    index = frame_index(dataset)
+    source = dataset_source(data, dataset)
+    base = f"{data.source}:{','.join(data.classes)}"
+    inputs = []
+    for context in contexts:
+        rows = split_index(index, CONTEXT_SPLITS[context])
+        inputs.append(DatasetInput(rows, f"{base}/{CONTEXT_SPLITS[context]}", context,
+                                   index_digest(rows)[:DIGEST_CHARS], source))
+    origin = getattr(dataset, "origin", None)
+    tags = dict(origin.tags()) if origin is not None else {"seqtrack.data_source": source}
+    tags["seqtrack.data_fingerprint"] = index_digest(index)
+    return inputs, tags

@@ -60,9 +60,12 @@ HIDDEN = 0.10  # a target with less than this fraction of its pixels showing is 
 
 
 def cache_dir() -> Path:
-    """$SEQTRACK_CACHE, else ~/.cache/seqtrack_mlflow."""
+    """$SEQTRACK_CACHE, else $XDG_CACHE_HOME/seqtrack_mlflow, else ~/.cache/seqtrack_mlflow."""
     env = os.environ.get("SEQTRACK_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "seqtrack_mlflow"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "seqtrack_mlflow"
 
 
 def default_sample_root() -> Path:

@@ -22,8 +22,11 @@ of (seed, epoch, index) whatever the worker count or order. No global RNG is tou
 official sampler instead ignores the index and uses the global `random`, and hides errors
 behind a bare `except`; here a failure raises `DataError`.
 
-Decoding: each sample decodes each distinct frame once (simplejpeg when installed). A
-per-worker frame cache was measured and not kept (see benchmarks/data_pipeline.py).
+Decoding: each sample decodes each distinct frame once (simplejpeg when installed), at the
+smallest JPEG DCT scale that keeps every crop of that frame at >= 1 decoded pixel per output
+pixel (`data.scaled_decode`, see frames.py; x2-3 fewer decode seconds on 1280x720 LaSOT frames,
+benchmarks/real_frames.py). A per-worker frame cache was measured and not kept (see
+benchmarks/data_pipeline.py).
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ import torch
 from torch.utils.data import Dataset
 
 from seqtrack_mlflow.config import Config
-from seqtrack_mlflow.data.frames import read_frame
+from seqtrack_mlflow.data.frames import crop_scaled, needed_fraction, read_frame, read_frame_scaled
 from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
 from seqtrack_mlflow.data.transforms import (box_to_target, crop_around, crop_side_ok, flip_crop,
                                              flip_frame, jitter_box, label_extent, to_grayscale,
                                              to_grayscale_frame, to_tensor)
 from seqtrack_mlflow.errors import DataError
-from seqtrack_mlflow.geometry import iou_xywh
+from seqtrack_mlflow.geometry import iou_xywh, target_window
 
 NUM_SEARCH = 1  # SeqTrack trains with one search frame (DATA.SEARCH.NUMBER)
 GAP_STEP = 5  # official gap_increase step
@@ -173,19 +176,35 @@ class TrainSamples(Dataset):
         brightness = rng.uniform(low, high, size=self.num_templates + 1)  # per crop
         crop_flips = (rng.random(self.num_templates + 1) < d.flip_prob if d.per_crop_flip
                       else np.zeros(self.num_templates + 1, dtype=bool))
-        if frames is None:
-            frames = {i: read_frame(seq.frame_path(i)) for i in ids}
+        extents = (label_extent(m.template_size, geometry), label_extent(m.search_size, geometry))
 
         templates = []
-        for j, fid in enumerate(pick.templates):
-            box = boxes[fid]
-            crop, _, _ = crop_around(frames[fid], box, box, d.template_factor, m.template_size, geometry)
-            templates.append(self._finish(crop, None, gray, flip ^ crop_flips[j], brightness[j],
-                                          label_extent(m.template_size, geometry))[0])
-        crop, gt, _ = crop_around(frames[pick.search], search_box, boxes[pick.search],
-                                  d.search_factor, m.search_size, geometry)
-        search, gt = self._finish(crop, gt, gray, flip ^ crop_flips[-1], brightness[-1],
-                                  label_extent(m.search_size, geometry))
+        if frames is None and geometry == "exact-corner":
+            # Crop windows first, so each distinct frame is decoded once, at the smallest DCT
+            # scale that still gives every crop taken from it >= 1 decoded pixel per output pixel.
+            windows = [(fid, target_window(boxes[fid], d.template_factor, m.template_size))
+                       for fid in pick.templates]
+            windows.append((pick.search, target_window(search_box, d.search_factor, m.search_size)))
+            scaled = {}
+            for fid in sorted({fid for fid, _ in windows}):
+                need = needed_fraction([w for f, w in windows if f == fid]) if d.scaled_decode else 1.0
+                scaled[fid] = read_frame_scaled(seq.frame_path(fid), need)
+            for j, (fid, window) in enumerate(windows[:-1]):
+                crop = crop_scaled(*scaled[fid], window)
+                templates.append(self._finish(crop, None, gray, flip ^ crop_flips[j], brightness[j], extents[0])[0])
+            window = windows[-1][1]
+            crop = crop_scaled(*scaled[pick.search], window)
+            gt = window.image_to_crop(boxes[pick.search])
+        else:  # the official crop (cv2) or frame-level augmentation: full-size frames
+            if frames is None:
+                frames = {i: read_frame(seq.frame_path(i)) for i in ids}
+            for j, fid in enumerate(pick.templates):
+                crop, _, _ = crop_around(frames[fid], boxes[fid], boxes[fid], d.template_factor,
+                                         m.template_size, geometry)
+                templates.append(self._finish(crop, None, gray, flip ^ crop_flips[j], brightness[j], extents[0])[0])
+            crop, gt, _ = crop_around(frames[pick.search], search_box, boxes[pick.search],
+                                      d.search_factor, m.search_size, geometry)
+        search, gt = self._finish(crop, gt, gray, flip ^ crop_flips[-1], brightness[-1], extents[1])
         return {"templates": torch.stack(templates), "search": search,
                 "box": box_to_target(gt, m.search_size, geometry)}
 

@@ -185,9 +185,10 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
-    from seqtrack_mlflow.data.open import open_dataset
+    from seqtrack_mlflow.data.open import dataset_inputs, open_dataset
 
-    sequences = open_dataset(cfg.data).test
+    dataset = open_dataset(cfg.data)
+    sequences = dataset.test
     if not sequences:
         raise DataError(f"no test sequences for classes {', '.join(cfg.data.classes)}")
 
@@ -203,8 +204,12 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
                         "data.source": cfg.data.source, "data.classes": ",".join(cfg.data.classes),
                         "eval.sequences": ",".join(s.name for s in sequences), "resolved_device": str(device),
                         **{f"tracker.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
+        inputs, data_tags = dataset_inputs(dataset, cfg.data, ("evaluation",))
+        run.log_dataset(inputs[0].table, source=inputs[0].source, name=inputs[0].name,
+                        context="evaluation", digest=inputs[0].digest)
+        run.set_tags(data_tags)
         tracker = SeqTrackTracker(model, tcfg, device)
-        results = [run_sequence(tracker, seq, out / "results") for seq in sequences]
+        results = track_with_progress(tracker, sequences, out / "results")
         report = score_sequences(results, sequences)
         write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences[0], results[0])
         step = max(ckpt_epoch, 0)
@@ -215,6 +220,26 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         run.log_artifacts(out, "evaluation")
         report["mlflow_run_id"] = run.run_id
     return report
+
+
+def track_with_progress(tracker: SeqTrackTracker, sequences: list, results_dir: Path) -> list[SequenceResult]:
+    """run_sequence over the sequences with two progress bars (sequences, frames of the current
+    one); tqdm shows them only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    from seqtrack_mlflow.data.frames import read_frame
+
+    results = []
+    with tqdm(sequences, desc="evaluate", unit="seq", disable=None) as seq_bar:
+        for seq in seq_bar:
+            with tqdm(total=len(seq.boxes), desc=seq.name, unit="frame", leave=False,
+                      disable=None) as frame_bar:
+                def reader(path, bar=frame_bar):
+                    frame = read_frame(path)
+                    bar.update(1)
+                    return frame
+                results.append(run_sequence(tracker, seq, results_dir, reader=reader))
+    return results
 
 
 def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, epoch: int,

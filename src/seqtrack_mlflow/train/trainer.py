@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from seqtrack_mlflow import names, provenance
 from seqtrack_mlflow.config import Config, TrainConfig
-from seqtrack_mlflow.data.index import frame_index
-from seqtrack_mlflow.data.open import dataset_source, open_dataset
+from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
 from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
 from seqtrack_mlflow.errors import SeqTrackError
@@ -137,15 +136,20 @@ class Trainer:
             "seqtrack.device": str(self.device),
             **{f"seqtrack.{k}_version": v for k, v in provenance.versions().items()},
             **{f"seqtrack.{k}": v for k, v in provenance.cpu_facts().items()},
-            "seqtrack.data_source": dataset_source(cfg.data),
+            "seqtrack.data_source": dataset_source(cfg.data, self.dataset),
             names.OUTPUT_DIR_TAG: str(self.out_dir.resolve()),
             "mlflow.note.content": f"SeqTrack, {cfg.train.epochs} epochs on {','.join(cfg.data.classes)} "
                                    f"({cfg.data.source} data), seed {cfg.seed}",
         })
         for name, counts in [*self.summary["classes"].items(), ("total", self.summary["total"])]:
             run.log_params({f"dataset.{name}.{k}": counts[k] for k in COUNT_KEYS})
-        run.log_dataset(frame_index(self.dataset), source=dataset_source(cfg.data),
-                        name=f"{cfg.data.source}:{','.join(cfg.data.classes)}")
+        # Training and validation rows as separate inputs, each with the digest of all its rows;
+        # tags: data origin, l-lt/LaSOT commit (or 'local'), root, full index fingerprint.
+        inputs, data_tags = dataset_inputs(self.dataset, cfg.data, ("training", "validation"))
+        for item in inputs:
+            run.log_dataset(item.table, source=item.source, name=item.name, context=item.context,
+                            digest=item.digest)
+        run.set_tags(data_tags)
         for name, text in ((names.CONFIG_FILE, cfg.to_yaml()),
                            (names.SUMMARY_FILE, json.dumps(self.summary, indent=2) + "\n")):
             (self.out_dir / name).write_text(text)
