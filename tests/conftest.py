@@ -59,12 +59,13 @@ def forget_experiment_env():
 
 
 def reset_active_experiment(monkeypatch) -> None:
-    """`mlflow.set_experiment` (e.g. in test_mirror) leaves the experiment active for the rest
-    of the session, in a global and in MLFLOW_EXPERIMENT_ID; a later test with a fresh store
-    would then fail with "No Experiment with id=N exists"."""
-    import mlflow.tracking.fluent as fluent
+    """`mlflow.set_experiment` (e.g. in test_mirror) leaves an experiment active for the rest of
+    the session; with a fresh store, a later test would then fail with "No Experiment with id=N
+    exists". Make the new store's Default experiment the active one (public API)."""
+    import mlflow
 
-    # Popped, not monkeypatched: monkeypatch would put a leaked value back after the test,
-    # where a module-scoped fixture of the next file could hand it to a child process.
+    mlflow.set_experiment(experiment_name="Default")
+    # set_experiment also exports MLFLOW_EXPERIMENT_ID; popped, not monkeypatched: monkeypatch
+    # would put a leaked value back after the test, where a module-scoped fixture of the next
+    # file could hand it to a child process.
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    monkeypatch.setattr(fluent, "_active_experiment_id", None)

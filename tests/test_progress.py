@@ -1,4 +1,4 @@
-"""The spec's four-line progress block and its time format."""
+"""The assignment's four-line progress block and its time format."""
 
 from seqtrack_mlflow.train.progress import BLOCK_RE, ProgressLog, format_block, hms
 

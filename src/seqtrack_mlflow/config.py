@@ -106,7 +106,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     patch_size: int
-    """ViT patch side in pixels (official 16; the spec asks for 8)."""
+    """ViT patch side in pixels (official 16; the assignment asks for 8)."""
     template_size: int
     """Template crop side in pixels (official B256: 256)."""
     search_size: int
@@ -166,7 +166,7 @@ class TrainConfig:
     grad_clip: float
     """Max gradient norm (official 0.1); 0 disables clipping."""
     log_every: int
-    """Samples between progress blocks (the spec's 50)."""
+    """Samples between progress blocks (the assignment's 50; README 'What the main job does')."""
     output_dir: str
     """Local folder for checkpoints/, training_log.txt and report.md (one sub-folder per run)."""
     resume: str

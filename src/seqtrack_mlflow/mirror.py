@@ -54,7 +54,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from seqtrack_mlflow import experiment, hub
+from seqtrack_mlflow import experiment, hub, names
 from seqtrack_mlflow.errors import CheckpointError, HubError, SeqTrackError, TrackingError
 from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
 from seqtrack_mlflow.fsutil import sha256_file
@@ -70,9 +70,9 @@ WEIGHTS_NAME = "model.safetensors"  # = model.seqtrack.HUB_WEIGHTS_NAME
 # Run artifacts uploaded as they are (a missing one is reported, not fatal).
 RUN_FILES = ("training_log.txt", "report.md", "config.yaml", "dataset_summary.json")
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
-EPOCH_METRICS = {"train_loss": "epoch/train_loss", "val_iou": "epoch/val_iou",
-                 "best_val_iou": "epoch/best_val_iou", "seconds": "epoch/seconds"}
-VAL_IOU = EPOCH_METRICS["val_iou"]
+EPOCH_METRICS = {column: f"{names.EPOCH_PREFIX}{column}"
+                 for column in ("train_loss", "val_iou", "best_val_iou", "seconds")}
+VAL_IOU = names.VAL_IOU
 # ModelConfig keys that only matter while training: not part of an exported config.json.
 _TRAIN_ONLY_MODEL_KEYS = ("pretrained",)
 

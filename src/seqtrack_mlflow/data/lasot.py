@@ -95,10 +95,6 @@ class Sequence:
     def __len__(self) -> int:
         return len(self.boxes)
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.boxes)
-
     def frame_path(self, i: int) -> Path:
         """Path of frame i (0-based) : img/%08d.jpg numbered from 1."""
         if not 0 <= i < len(self.boxes):

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seqtrack_mlflow.config import SAMPLE_CLASSES
 from seqtrack_mlflow.data.lasot import PROTOCOL_II_TEST
 from seqtrack_mlflow.errors import DataError
 
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 SAMPLE_VERSION = 1
 SAMPLE_SEED = 20230601  # fixed: the data must not change with the training seed
-SAMPLE_CLASSES = ("airplane", "bicycle")
 WIDTH, HEIGHT = 320, 240
 TRAIN_PER_CLASS, TEST_PER_CLASS = 8, 2
 MIN_FRAMES, MAX_FRAMES = 120, 180
@@ -130,13 +130,20 @@ def write_sample_tree(root: str | Path) -> Path:
 
 
 def tree_sha256(root: str | Path, classes: tuple[str, ...] = SAMPLE_CLASSES) -> str:
-    """sha256 over (relative path, bytes) of every file in the class folders, in sorted order."""
+    """sha256 over (relative path, content) of every file in the class folders, in sorted order,
+    where a JPEG's content is its decoded pixels: the encoder's bytes may change with the JPEG
+    library bundled with Pillow, the pixels the trainer reads must not."""
     root = Path(root)
     h = hashlib.sha256()
     files = sorted(p for cls in classes for p in (root / cls).rglob("*") if p.is_file())
     for p in files:
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        if p.suffix == ".jpg":
+            with Image.open(p) as im:
+                content = np.asarray(im.convert("RGB")).tobytes()
+        else:
+            content = p.read_bytes()
+        h.update(hashlib.sha256(content).digest())
     return h.hexdigest()
 
 

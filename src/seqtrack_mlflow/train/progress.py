@@ -1,11 +1,11 @@
-"""The spec's progress block, printed and appended to training_log.txt every 50 samples.
+"""The assignment's progress block (README "What the main job does"), printed and appended to training_log.txt every 50 samples.
 
     Epoch 1 : 50 / 7000 samples , 
     time for last 50 samples : 0:02:35 hours , 
     time since beginning : 1:22:44 hours , 
     time left to finish the epoch : 4:17:28 hours
 
-(The first three lines end in ", " exactly as in the spec.) A block is written when the sample
+(The first three lines end in ", " exactly as in the assignment.) A block is written when the sample
 count crosses a multiple of `every`; with batch 16 that is after 64, 112, 160, ... samples, and
 the lines give the true counts. The last, partial block of an epoch is always written.
 """
