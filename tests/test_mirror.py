@@ -46,12 +46,13 @@ def shared_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def tracking_uri(shared_store, monkeypatch, tmp_path) -> str:
+def tracking_uri(shared_store, monkeypatch, tmp_path, tmp_path_factory) -> str:
     """Overrides conftest's per-test store: creating a fresh sqlite store costs ~5-7 s here (schema
     migrations), so this module's tests share one; each test uses its own experiment."""
     uri = f"sqlite:///{shared_store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
     return uri
 
 

@@ -29,10 +29,11 @@ def store(tmp_path_factory, empty_tracking_db) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def tracking_uri(store, monkeypatch) -> str:
+def tracking_uri(store, monkeypatch, tmp_path_factory) -> str:
     """Overrides conftest's per-test store: every test reads the module's one run."""
     uri = f"sqlite:///{store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
     return uri
 
 

@@ -339,8 +339,8 @@ def training_run(run_id: str, experiment: str = ""):
     run = find_run(run_id)
     kind = run.data.tags.get(names.KIND_TAG, "")
     if kind != "train":
-        raise TrackingError(f"run {run_id} is a {kind or 'untagged'} run, not a training run "
-                            f"(tag {names.KIND_TAG}=train); pass a training run's id")
+        raise TrackingError(f"run {run_id} is not a training run (its {names.KIND_TAG} tag is {kind!r}); "
+                            "pass the id of a training run")
     if experiment:
         wanted = experiment_id(experiment)
         if run.info.experiment_id != wanted:
