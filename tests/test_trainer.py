@@ -127,22 +127,6 @@ def test_cpu_fallback_when_cuda_is_absent(monkeypatch):
         resolve_device("cuda")
 
 
-@pytest.mark.slow
-def test_mlflow_run_of_the_project(tmp_path):
-    """`mlflow run .` exactly as a user types it (local env), then the run read back."""
-    config = write_tiny_config(tmp_path, train={"epochs": 2, "output_dir": str(tmp_path / "outputs")})
-    result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "epochs=2",
-         "-P", f"config={config}", "-P", "workers=0", "-P", "batch_size=8", "-P", "samples_per_epoch=24"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = MlflowClient().search_runs(["0"])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.epochs"] == "2" and run.data.params["data.samples_per_epoch"] == "24"
-    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "epoch/val_iou")] == [1, 2]
-    assert "Epoch 2 : 24 / 24 samples , " in result.stdout
-
-
 def _train_subprocess(tmp_path: Path, name: str, *args: str) -> str:
     """Train through the real CLI in a subprocess; return the new run's id."""
     client = MlflowClient()
