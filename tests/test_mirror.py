@@ -27,6 +27,7 @@ from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError
 from seqtrack_mlflow.model import SeqTrack, build_seqtrack
 from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.uploader import EpochUploader
 from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 from tests.tiny import TINY
@@ -439,7 +440,7 @@ def test_epoch_uploader_never_blocks_and_retries_a_failed_epoch(hub_env, tmp_pat
     _, out = make_run(tmp_path, epochs=3)
     hub_env.add_files(REPO, {"resume/epoch_7.ckpt": b"\x00 another run's file"})
     ckpts = {e: out / "checkpoints" / f"epoch_{e}.ckpt" for e in (1, 2, 3)}
-    uploader = mirror.EpochUploader(REPO, "run0000000abc")
+    uploader = EpochUploader(REPO, "run0000000abc")
     # Epoch 1: the Hub stalls; the hook must return while the upload hangs.
     gate, real_upload = threading.Event(), hub.upload_folder
 

@@ -48,7 +48,7 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     uploader = None
     try:
         if cfg.hub.push_every_epoch and info.is_main:  # before any epoch: no token fails here
-            from seqtrack_mlflow.mirror import EpochUploader
+            from seqtrack_mlflow.uploader import EpochUploader
 
             uploader = EpochUploader(cfg.hub.repo_id, run.run_id, revision=cfg.hub.revision,
                                      private=cfg.hub.private)
