@@ -49,6 +49,23 @@ def tracking_uri(tmp_path_factory, monkeypatch, empty_tracking_db) -> str:
     return uri
 
 
+def new_store(tmp_path_factory, empty_tracking_db, name: str) -> Path:
+    """A folder holding a fresh copy of the empty store, for a module whose tests share runs."""
+    root = tmp_path_factory.mktemp(name)
+    shutil.copy(empty_tracking_db, root / "mlflow.db")
+    return root
+
+
+def use_store(monkeypatch, tmp_path_factory, store: Path) -> str:
+    """Point this test at a shared store (a module's `tracking_uri` override), with the
+    session's sample-data cache and a Hugging Face home inside the store's folder."""
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
+    monkeypatch.setenv("HF_HOME", str(store / "hf_home"))
+    return uri
+
+
 @pytest.fixture(autouse=True)
 def forget_experiment_env():
     """Kept apart from `tracking_uri`, which some test files override: whatever experiment a

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import preset_path
 
-from .conftest import REPO
+from .conftest import REPO, new_store, use_store
 from .tiny import write_tiny_config
 
 pytestmark = pytest.mark.slow
@@ -24,19 +24,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, empty_tracking_db) -> Path:
-    root = tmp_path_factory.mktemp("entry-points")
-    (root / "mlflow.db").write_bytes(empty_tracking_db.read_bytes())
-    return root
+    return new_store(tmp_path_factory, empty_tracking_db, "entry-points")
 
 
 @pytest.fixture(autouse=True)
 def tracking_uri(store, monkeypatch, tmp_path_factory) -> str:
     """Overrides conftest's per-test store: the tests of this file build on one another's runs."""
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
-    monkeypatch.setenv("HF_HOME", str(store / "hf_home"))
-    return uri
+    return use_store(monkeypatch, tmp_path_factory, store)
 
 
 def mlflow_run(store: Path, entry: str, **params: str) -> subprocess.CompletedProcess:

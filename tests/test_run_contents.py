@@ -16,6 +16,7 @@ from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
+from .conftest import new_store, use_store
 from .tiny import TINY, write_tiny_config
 
 EPOCHS, PER_EPOCH = 3, TINY["data"]["samples_per_epoch"]
@@ -23,26 +24,20 @@ EPOCHS, PER_EPOCH = 3, TINY["data"]["samples_per_epoch"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, empty_tracking_db) -> Path:
-    root = tmp_path_factory.mktemp("run-contents")
-    (root / "mlflow.db").write_bytes(empty_tracking_db.read_bytes())
-    return root
+    return new_store(tmp_path_factory, empty_tracking_db, "run-contents")
 
 
 @pytest.fixture(autouse=True)
 def tracking_uri(store, monkeypatch, tmp_path_factory) -> str:
     """Overrides conftest's per-test store: every test reads the module's one run."""
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
-    return uri
+    return use_store(monkeypatch, tmp_path_factory, store)
 
 
 @pytest.fixture(scope="module")
 def run(store, tmp_path_factory):
     """(run, its output folder): the tiny preset for 3 epochs, trained in this process."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    mp.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))
+    mp = pytest.MonkeyPatch()  # module fixtures are set up before the per-test environment
+    use_store(mp, tmp_path_factory, store)
     mp.setenv("PYTHONHASHSEED", "8")  # no re-exec of pytest for the hash seed
     mp.setenv("SEQTRACK_HASHSEED_SET", "1")
     try:
