@@ -24,7 +24,7 @@ from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, TrackingError
 from seqtrack_mlflow.model.load import checkpoint_config
 from seqtrack_mlflow.train.checkpoint import (check_resumable, checkpoint_name, load_checkpoint,
-                                              remove_stale_temp_files)
+                                              remove_stale_temp_files, verify_checkpoint)
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ def load_resume_state(cfg: Config) -> ResumeState:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     try:
+        # The new run adopts the earlier epochs' files and records their hashes: each must match
+        # the manifest it comes with, or a corrupt file would be re-published as verified.
+        for _, earlier in resume.earlier_checkpoints()[:-1]:
+            verify_checkpoint(earlier)
         check_resumable(resume.state, spec)
         check_resume_config(cfg, resume.state, spec)
         check_restorable(cfg, resume.state, spec)
