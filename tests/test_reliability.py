@@ -574,6 +574,7 @@ def test_sqlite_database_full_while_logging_params_or_inputs(tmp_path, monkeypat
 
     import sqlalchemy.exc
     import sqlalchemy.orm
+
     from seqtrack_mlflow import experiment
 
     full = {"on": False}
