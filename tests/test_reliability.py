@@ -273,22 +273,24 @@ def test_fetch_hub_refuses_tampered_checkpoints(fake_hub, tmp_path, monkeypatch,
     capsys.readouterr()
     fetch = ["fetch-hub", "--repo-id", MIRROR_REPO, "--epoch", "1"]
 
-    # 1. Bytes changed on the Hub, manifest not: the sha256 check refuses it.
+    # 1. Bytes changed on the Hub, manifest not: the sha256 check refuses (and deletes) it.
     data = bytearray((out / "checkpoints" / "epoch_1.ckpt").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    fake_hub.add_files(MIRROR_REPO, {"checkpoints/epoch_1.ckpt": bytes(data)})
+    fake_hub.add_files(MIRROR_REPO, {"resume/epoch_1.ckpt": bytes(data)})
     assert cli.main([*fetch, "--dest", str(tmp_path / "f1")]) == 2
-    assert "differs from the repo manifest" in one_error_line(capsys.readouterr().err)
+    assert "the file was altered" in one_error_line(capsys.readouterr().err)
+    assert not list((tmp_path / "f1").rglob("epoch_1.ckpt"))
 
     # 2. Checkpoint AND manifest replaced by an attacker: the safe loader still refuses the pickle.
     evil = tmp_path / "evil.ckpt"
     torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "epoch": 1, "seed": 8,
                 "payload": _Exploit()}, evil)
     import hashlib
-    manifest = {"checkpoints": [{"file": "epoch_1.ckpt", "epoch": 1, "bytes": evil.stat().st_size,
-                                 "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}]}
-    fake_hub.add_files(MIRROR_REPO, {"checkpoints/epoch_1.ckpt": evil.read_bytes(),
-                                     "checkpoints/manifest.json": json.dumps(manifest).encode()})
+    manifest = json.loads(fake_hub.read(MIRROR_REPO, "manifest.json"))
+    manifest["files"]["resume/epoch_1.ckpt"] = {"sha256": hashlib.sha256(evil.read_bytes()).hexdigest(),
+                                                "bytes": evil.stat().st_size}
+    fake_hub.add_files(MIRROR_REPO, {"resume/epoch_1.ckpt": evil.read_bytes(),
+                                     "manifest.json": json.dumps(manifest).encode()})
     assert cli.main([*fetch, "--dest", str(tmp_path / "f2")]) == 2
     assert "could execute code" in one_error_line(capsys.readouterr().err)
     assert not os.path.exists("/tmp/seqtrack_reliability_pwned")
@@ -421,3 +423,247 @@ def test_hf_token_appears_in_no_log_artifact_param_tag_metric_card_or_error(
     hits = [t[:200] for t in texts if TOKEN in t]
     assert hits == []
     assert TOKEN[3:] not in "".join(texts)  # not even without its prefix
+
+
+# -- every bad input: one `error:` line, exit 2 (issue 20, item 4) ---------------------------------
+def _project_checkpoint(folder: Path, change=None) -> Path:
+    """A complete, resumable epoch_1.ckpt of the tiny config, built without training (fast);
+    `change(state)` damages it. No manifest beside it (a hand-made file)."""
+    from seqtrack_mlflow.config import load_config
+    from seqtrack_mlflow.model import build_seqtrack
+    from seqtrack_mlflow.train.checkpoint import CHECKPOINT_FORMAT
+    from seqtrack_mlflow.train.determinism import rng_state
+    from seqtrack_mlflow.train.trainer import build_optimizer
+
+    cfg = load_config(write_tiny_config(folder / "cfg", train={"epochs": 1}, data={"samples_per_epoch": 8}))
+    torch.manual_seed(cfg.seed)
+    model = build_seqtrack(cfg.model)
+    optimizer, scheduler = build_optimizer(model, cfg.train)
+    state = {"format": CHECKPOINT_FORMAT, "model_state_dict": model.state_dict(),
+             "optimizer_state_dict": optimizer.state_dict(), "scheduler_state_dict": scheduler.state_dict(),
+             "epoch": 1, "seed": cfg.seed, "rng": rng_state(), "config": cfg.to_dict(),
+             "metrics": [{"train_loss": 1.0, "val_iou": 0.1, "best_val_iou": 0.1, "seconds": 1.0, "lr": 1e-3}],
+             "progress": {"global_samples": 8, "elapsed_seconds": 1.0}, "versions": {}, "run_id": ""}
+    if change is not None:
+        change(state)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "epoch_1.ckpt"
+    torch.save(state, path)
+    return path
+
+
+def _first_tensor_wrong(state):
+    key = next(iter(state["model_state_dict"]))
+    state["model_state_dict"][key] = torch.zeros(3)
+
+
+def _lasot_tree(tmp_path: Path, change=None) -> Path:
+    """A local LaSOT tree (marked complete, so nothing is downloaded); `change(root)` damages it."""
+    from seqtrack_mlflow.data.download import MARKER
+    from tests.datatrees import make_lasot_tree
+
+    root = make_lasot_tree(tmp_path / "lasot", frames=30, split_files=True)  # split files: no download
+    for cls in ("airplane", "bicycle"):
+        (root / cls / MARKER).write_text(json.dumps({"sequences": [f"{cls}-{n}" for n in (1, 2, 3)]}))
+    if change is not None:
+        change(root)
+    return root
+
+
+def _corrupt_frames(root: Path) -> None:
+    """Every frame of the training sequence airplane-2 is garbage between valid JPEG start and
+    end markers: the reader's quick checks pass, decoding the pixels fails."""
+    for frame in (root / "airplane" / "airplane-2" / "img").glob("*.jpg"):
+        frame.write_bytes(b"\xff\xd8\xff" + b"\x00" * 200 + b"\xff\xd9")
+
+
+def _huge_boxes(root: Path) -> None:
+    """1e308 boxes in every training sequence: once gave an OverflowError in crop_side_ok; now no
+    crop is valid, so the sampler's bounded redraws end in one line."""
+    for seq in ("airplane-2", "airplane-3", "bicycle-2", "bicycle-3"):
+        gt = root / seq.split("-")[0] / seq / "groundtruth.txt"
+        lines = gt.read_text().splitlines()
+        gt.write_text("\n".join(["1e308,1e308,1e308,1e308"] * len(lines)) + "\n")
+
+
+def _lasot_args(change):
+    def build(tmp_path):
+        root = _lasot_tree(tmp_path, change)
+        return ["--data", "lasot", "--data-dir", str(root), "--set", "data.val_samples=2"]
+    return build
+
+
+def _ckpt_args(change):
+    return lambda tmp_path: ["--resume", str(_project_checkpoint(tmp_path / "bad", change)), "--epochs", "2"]
+
+
+def _config_file(text: bytes):
+    def build(tmp_path):
+        path = tmp_path / "bad.yaml"
+        path.write_bytes(text)
+        return ["--config", str(path)]
+    return build
+
+
+# name: (argv builder, expected text in the error line, whether a run exists (FAILED) afterwards)
+BAD_INPUTS = {
+    "seed_too_big": (lambda t: ["--seed", "4294967296"], "seed: 4294967296 is not allowed", False),
+    "section_not_mapping": (_config_file(b"model: 5\n"), "section 'model' must be a mapping", False),
+    "config_not_utf8": (_config_file(b"seed: 8\n# caf\xe9\n"), "is not UTF-8 text", False),
+    "embed_dim_0": (lambda t: ["--set", "model.embed_dim=0"], "model.embed_dim: 0 is not allowed", False),
+    "decoder_dim_0": (lambda t: ["--set", "model.decoder_dim=0"], "model.decoder_dim: 0 is not allowed", False),
+    "heads_not_dividing": (lambda t: ["--set", "model.num_heads=5"], "use a divisor of model.embed_dim", False),
+    "mlp_zero_width": (lambda t: ["--set", "model.mlp_ratio=0.001"], "model.mlp_ratio: 0.001", False),
+    "weight_decay_inf": (lambda t: ["--set", "train.weight_decay=inf"], "use a finite number", False),
+    "epochs_absurd": (lambda t: ["--epochs", "100001"], "<= 100000", False),
+    "pretrained_not_weights": (lambda t: ["--set", "model.pretrained=/etc/passwd"],
+                               "'/etc/passwd' is truncated or not a PyTorch checkpoint", False),
+    "resume_not_checkpoint": (lambda t: ["--resume", "/etc/passwd"],
+                              "'/etc/passwd' is truncated or not a PyTorch checkpoint", False),
+    "ckpt_no_config": (_ckpt_args(lambda s: s.pop("config")), "no usable 'config'", False),
+    "ckpt_no_rng": (_ckpt_args(lambda s: s.pop("rng")), "no usable 'rng'", False),
+    "ckpt_epoch_not_int": (_ckpt_args(lambda s: s.__setitem__("epoch", "1")), "epoch is '1', not a whole", False),
+    "ckpt_wrong_shape": (_ckpt_args(_first_tensor_wrong), "tensor(s) of another shape", False),
+    "ckpt_state_dict_list": (_ckpt_args(lambda s: s.__setitem__("model_state_dict",
+                                                                list(s["model_state_dict"].values()))),
+                             "holds no state dict", False),
+    "ckpt_bad_rng": (_ckpt_args(lambda s: s["rng"].__setitem__("torch", torch.zeros(3, dtype=torch.uint8))),
+                     "cannot be restored (RuntimeError", False),
+    "ckpt_bad_optimizer": (_ckpt_args(lambda s: s.__setitem__("optimizer_state_dict",
+                                                              {"state": {}, "param_groups": []})),
+                           "cannot be restored (ValueError", False),
+    "corrupt_frame_worker": (lambda t: [*_lasot_args(_corrupt_frames)(t), "--workers", "1"],
+                             "unreadable JPEG", True),
+    "huge_boxes": (_lasot_args(_huge_boxes), "no valid search crop", True),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_every_bad_input_ends_in_one_error_line(tmp_path, monkeypatch, capsys, case):
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)  # a test never reaches the network
+    build, expected, makes_run = BAD_INPUTS[case]
+    argv = build(tmp_path)
+    assert train_cli(tmp_path, *argv, epochs=1, samples=8) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert expected in line, line
+    if not makes_run:  # known up front: refused before an MLflow run exists
+        assert runs() == []
+        return
+    run = the_run()
+    assert run.info.status == "FAILED"
+    tag = run.data.tags["seqtrack.error"]
+    assert "\n" not in tag and line.removeprefix("error: ") in tag  # the same one line
+
+
+def test_huge_frame_is_refused_before_decoding(monkeypatch):
+    from seqtrack_mlflow.data import frames
+    from seqtrack_mlflow.errors import DataError
+
+    monkeypatch.setattr(frames, "MAX_FRAME_PIXELS", 8 * 6 - 1)
+    with pytest.raises(DataError, match=r"frame of 8x6 = 48 pixels is larger than the limit of 47"):
+        frames.decode_jpeg_bytes(_jpeg(), "x.jpg")
+    monkeypatch.setattr(frames, "simplejpeg", None)  # the Pillow path checks too
+    with pytest.raises(DataError, match="larger than the limit"):
+        frames.decode_jpeg_bytes(_jpeg(), "x.jpg")
+
+
+@pytest.mark.parametrize("method", ["log_params", "log_dataset"])
+def test_sqlite_database_full_while_logging_params_or_inputs(tmp_path, monkeypatch, capsys, method):
+    """The store's disk fills up exactly when the run logs its params (or its dataset input):
+    MLflow's sqlite store raises "database or disk is full" from the commit."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    import sqlalchemy.orm
+
+    from seqtrack_mlflow import experiment
+
+    full = {"on": False}
+    real_commit = sqlalchemy.orm.Session.commit
+
+    def commit(self, *args, **kwargs):
+        if full["on"]:
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+        return real_commit(self, *args, **kwargs)
+
+    real_method = getattr(experiment.TrainingRun, method)
+
+    def filling(self, *args, **kwargs):
+        full["on"] = True
+        return real_method(self, *args, **kwargs)
+
+    monkeypatch.setattr(sqlalchemy.orm.Session, "commit", commit)
+    monkeypatch.setattr(experiment.TrainingRun, method, filling)
+    assert train_cli(tmp_path, epochs=1, samples=8) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "database or disk is full" in line and "MLflow tracking at sqlite:///" in line
+
+
+def test_skip_bad_sequences_redraws_unreadable_frames_deterministically(tmp_path, monkeypatch):
+    """Frames that only fail when decoded: with --skip-bad-sequences the draw is made again from
+    the sample's own generator, so runs with 0 and 1 workers are identical, and the redraws are
+    counted (epoch/skipped_samples)."""
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    root = _lasot_tree(tmp_path, _corrupt_frames)
+    ids = []
+    for workers in ("0", "1"):
+        before = {r.info.run_id for r in runs()}
+        assert train_cli(tmp_path / workers, "--data", "lasot", "--data-dir", str(root), "--workers", workers,
+                         "--skip-bad-sequences", "--set", "data.val_samples=2", epochs=1, samples=16) == 0
+        (run_id,) = {r.info.run_id for r in runs()} - before
+        ids.append(run_id)
+    client = MlflowClient()
+    hist = [{k: [(m.step, m.value) for m in client.get_metric_history(r, k)]
+             for k in ("train/loss", "epoch/train_loss", "epoch/skipped_samples")} for r in ids]
+    assert hist[0] == hist[1]
+    (skipped,) = hist[0]["epoch/skipped_samples"]
+    assert skipped[1] >= 1  # airplane-2 is a quarter of the training sequences: 16 samples hit it
+
+
+# -- corrupted checkpoints (issue 20, item 2) -------------------------------------------------------
+def _flip_byte(path: Path) -> None:
+    """Flip one byte in place (the local file is a hard link to the stored artifact: both change)."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_flipped_byte_is_refused_by_resume_and_evaluate_and_never_adopted(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a run id's checkpoints are fetched
+    assert train_cli(tmp_path, epochs=2, samples=8) == 0
+    run_id = the_run().info.run_id
+    ckpts = tmp_path / "outputs" / run_id / "checkpoints"
+    good = {p.name: p.read_bytes() for p in ckpts.glob("epoch_*.ckpt")}
+    _flip_byte(ckpts / "epoch_2.ckpt")
+    capsys.readouterr()
+    for argv in (["--resume", str(ckpts / "epoch_2.ckpt")], ["--resume", run_id]):
+        assert train_cli(tmp_path, *argv, epochs=3, samples=8) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "epoch_2.ckpt does not match" in line and "manifest.json" in line and "refusing it" in line
+    assert cli.main(["evaluate", "--checkpoint", str(ckpts / "epoch_2.ckpt")]) == 2
+    assert "epoch_2.ckpt does not match" in one_error_line(capsys.readouterr().err)
+    assert len(runs()) == 1  # every refusal came before a run was created
+
+    # epoch_2 intact, epoch_1 corrupt: the resume would adopt epoch_1 and record its hash: refused.
+    (ckpts / "epoch_2.ckpt").write_bytes(good["epoch_2.ckpt"])  # a new file: the store's copy stays flipped
+    _flip_byte(ckpts / "epoch_1.ckpt")
+    assert train_cli(tmp_path, "--resume", str(ckpts / "epoch_2.ckpt"), epochs=3, samples=8) == 2
+    assert "epoch_1.ckpt does not match" in one_error_line(capsys.readouterr().err)
+    assert len(runs()) == 1
+
+    # No manifest beside it: loads, with a warning that it is unverified.
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "epoch_2.ckpt").write_bytes(good["epoch_2.ckpt"])
+    caplog.set_level(logging.WARNING)
+    assert train_cli(tmp_path, "--resume", str(loose / "epoch_2.ckpt"), epochs=3, samples=8) == 0
+    assert "has no manifest.json beside it: it is loaded unverified" in caplog.text
+    resumed = next(r for r in runs() if r.info.run_id != run_id)
+    manifest = json.loads((tmp_path / "outputs" / resumed.info.run_id / "checkpoints" / "manifest.json").read_text())
+    import hashlib
+    assert {e["file"]: e["sha256"] for e in manifest["checkpoints"]}["epoch_2.ckpt"] == \
+        hashlib.sha256(good["epoch_2.ckpt"]).hexdigest()

@@ -352,3 +352,60 @@ def test_mlflow_run_with_bad_parameters_fails_clearly(tmp_path, entry, params, e
     assert "Traceback" not in result.stderr
     for run_id in run_ids() - before:  # a run mlflow opened is closed, not left RUNNING
         assert MlflowClient().get_run(run_id).info.status == "FAILED"
+
+
+# -- two first runs at once in a fresh folder (issue 20, item 3) ---------------------------------
+def test_two_first_runs_at_once_in_a_fresh_folder(tmp_path, tiny, reference):
+    """No mlflow.db yet: both processes create the sqlite store at the same moment (MLflow's
+    schema creation raced: an alembic CommandError in one of them, 3 of 3 trials, before the
+    file lock in experiment.prepare_store). Both must finish, each identical to a run alone."""
+    ref_id, ref_ckpts = reference
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    uri = f"sqlite:///{fresh / 'mlflow.db'}"
+    children = [Child(fresh / name, train_args(tiny, fresh / "out"), MLFLOW_TRACKING_URI=uri) for name in "ab"]
+    for child in children:
+        assert child.wait() == 0, child.stderr[-3000:]
+        assert "Traceback" not in child.stderr
+    client = MlflowClient(uri)
+    ids = [r.info.run_id for r in client.search_runs(["0"])]
+    assert len(ids) == 2
+    ref = run_metrics(ref_id)
+    for run_id in ids:
+        assert client.get_run(run_id).info.status == "FINISHED"
+        got = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in ref}
+        assert got == ref
+        for epoch in range(1, EPOCHS + 1):
+            assert_same_checkpoint(ref_ckpts / f"epoch_{epoch}.ckpt",
+                                   fresh / "out" / run_id / "checkpoints" / f"epoch_{epoch}.ckpt")
+
+
+# -- killed while writing the report and plots (issue 20, item 5) ---------------------------------
+def test_a_run_killed_while_writing_its_report_is_finished_by_resume(tmp_path, tiny, reference):
+    """SIGKILL while MLflow copies plots/loss.png (every checkpoint is complete): the run stays
+    RUNNING with a half-copied `.artifact.uploading.*` file. `--resume <id>` with the same
+    epochs used to refuse it as "already finished"; it now finishes it: a new run with the
+    report and plots, FINISHED, the old one KILLED, the leftover removed."""
+    out = tmp_path / "out"
+    before = run_ids()
+    child = Child(tmp_path / "killed", train_args(tiny, out), hook=("artifact", "loss.png"))
+    child.wait_for(child.marker.exists, "the plot artifact copy")
+    child.proc.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    killed = new_run(before)
+    client = MlflowClient()
+    assert client.get_run(killed).info.status == "RUNNING"
+    artifacts = Path(client.get_run(killed).info.artifact_uri.removeprefix("file://"))
+    assert list(artifacts.rglob(".artifact.uploading.*")), "the kill left a half-copied artifact"
+
+    before = run_ids()
+    resumed = Child(tmp_path / "resumed", train_args(tiny, out, "--resume", killed))
+    assert resumed.wait() == 0, resumed.stderr[-3000:]
+    new = new_run(before)
+    assert client.get_run(new).info.status == "FINISHED"
+    assert client.get_run(killed).info.status == "KILLED"
+    top = {a.path for a in client.list_artifacts(new)}
+    assert {"report.md", "plots", "checkpoints"} <= top
+    assert "Best IoU" in (out / new / "report.md").read_text()
+    assert not list(artifacts.rglob(".artifact.uploading.*"))
+    assert run_metrics(new) == run_metrics(reference[0])

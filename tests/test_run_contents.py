@@ -85,6 +85,9 @@ def test_metrics_per_block_and_per_epoch(run):
     for key in ("train/iou", "time/block_seconds", "time/elapsed_seconds", "time/eta_epoch_seconds",
                 "time/samples_per_second"):
         assert len(history(run_id, key)) == len(steps), key
+    # epoch/lr is the rate each epoch trained with (StepLR drops it after epoch lr_drop_epoch=2).
+    lrs = [v for _, v in history(run_id, "epoch/lr")]
+    assert lrs == pytest.approx([5e-4, 5e-4, 5e-4 * load_config("default").train.lr_drop_factor])
     best = [v for _, v in history(run_id, "epoch/best_val_iou")]
     assert best == sorted(best) and best[-1] == max(v for _, v in history(run_id, "epoch/val_iou"))
     (no_motion,) = history(run_id, "val/no_motion_iou")

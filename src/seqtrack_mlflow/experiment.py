@@ -41,6 +41,21 @@ _FLUSH_COUNT = 200
 _CLIENTS: dict[str, MlflowClient] = {}
 
 
+class _OneLineStoreErrors(logging.Filter):
+    """MLflow's sqlite store logs every database error with its traceback (`_logger.exception`)
+    before raising it as an MlflowException, which `tracking_errors` turns into the one line
+    the user sees; keep that log record, on one line and without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.msg = " ".join(record.getMessage().split())
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_OneLineStoreErrors())
+
+
 def client() -> MlflowClient:
     """The one MlflowClient of the current tracking URI (tests switch URIs between runs)."""
     uri = mlflow.get_tracking_uri()
@@ -432,6 +447,25 @@ def download_checkpoints(run_id: str, folder: Path) -> Path:
     with contextlib.suppress(TrackingError):  # a run killed early may not have logged it
         download_artifacts(run_id, names.TRAINING_LOG, folder)
     return folder / names.CHECKPOINTS / checkpoint_name(epochs[-1])
+
+
+# What MLflow's local artifact store names a file while it copies it in (LocalArtifactRepository):
+# a kill during the copy leaves it behind, beside the complete artifacts.
+_UPLOAD_PREFIX = ".artifact.uploading."
+
+
+def remove_upload_leftovers(run_id: str) -> list[Path]:
+    """Half-copied artifact files of a run on a local artifact store (left by a kill); removed."""
+    parsed = urllib.parse.urlparse(find_run(run_id).info.artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return []
+    root = Path(urllib.parse.unquote(parsed.path))
+    removed = []
+    for path in root.rglob(f"{_UPLOAD_PREFIX}*") if root.is_dir() else []:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def close_resumed_run(run_id: str, resumed_by: str) -> None:

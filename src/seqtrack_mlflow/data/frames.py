@@ -36,17 +36,32 @@ except ImportError:  # pragma: no cover - depends on the environment
     simplejpeg = None
 
 
+# Pillow's own bound (Image.MAX_IMAGE_PIXELS, 89,478,485 = 256 MiB of RGB): a larger frame is a
+# decompression bomb, not a video frame (LaSOT's largest are 1920x1080 = 2.1 M pixels). Checked
+# from the header, before any pixel is decoded.
+MAX_FRAME_PIXELS = 89_478_485
+
+
+def _check_pixels(width: int, height: int, source: str | Path) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise DataError(f"{source}: frame of {width}x{height} = {width * height:,} pixels is larger than "
+                        f"the limit of {MAX_FRAME_PIXELS:,} (MAX_FRAME_PIXELS); refusing to decode it")
+
+
 def decode_jpeg_bytes(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     """JPEG bytes -> (H, W, 3) uint8 RGB. Raises DataError naming `source`."""
     if simplejpeg is not None:
         try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            _check_pixels(width, height, source)
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError as exc:
             raise DataError(f"{source}: unreadable JPEG ({exc})") from None
     try:
         with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(img.width, img.height, source)
             return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{source}: unreadable JPEG ({exc})") from None
 
 

@@ -31,6 +31,7 @@ benchmarks/data_pipeline.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ from seqtrack_mlflow.data.transforms import (box_to_target, crop_around, crop_si
                                              to_grayscale_frame, to_tensor)
 from seqtrack_mlflow.errors import DataError
 from seqtrack_mlflow.geometry import iou_xywh, target_window
+
+log = logging.getLogger(__name__)
 
 NUM_SEARCH = 1  # SeqTrack trains with one search frame (DATA.SEARCH.NUMBER)
 GAP_STEP = 5  # official gap_increase step
@@ -140,9 +143,23 @@ class TrainSamples(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range 0..{len(self) - 1}")
         rng = sample_rng(self.cfg.seed, self.epoch, index)
+        skipped = 0
         for _ in range(MAX_ATTEMPTS):
-            item = self.make_sample(self.pick_frames(rng), rng)
+            pick = self.pick_frames(rng)
+            try:
+                item = self.make_sample(pick, rng)
+            except DataError as exc:
+                # A frame that turns out unreadable only now (the index checks files, not every
+                # JPEG): with skip_bad_sequences the draw is made again from the same generator,
+                # so the replacement is the same on every run and with any number of workers.
+                if not self.cfg.data.skip_bad_sequences:
+                    raise
+                log.warning("sample %d of epoch %d: %s; drawn again (data.skip_bad_sequences)",
+                            index, self.epoch, exc)
+                skipped += 1
+                continue
             if item is not None:
+                item["skipped"] = torch.tensor(skipped)  # summed per epoch by the trainer
                 return item
         raise DataError(f"sample {index} of epoch {self.epoch}: no valid search crop in "
                         f"{MAX_ATTEMPTS} draws (boxes too small?)")

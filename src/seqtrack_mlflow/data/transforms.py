@@ -62,7 +62,9 @@ def jitter_box(box_xywh: np.ndarray, center_jitter: float, scale_jitter: float,
 def crop_side_ok(box_xywh: np.ndarray, factor: float) -> bool:
     """The official validity check: ceil(sqrt(w*h) * factor) >= 1."""
     w, h = float(box_xywh[2]), float(box_xywh[3])
-    return w > 0 and h > 0 and math.ceil(math.sqrt(w * h) * factor) >= 1
+    side = math.sqrt(w * h) * factor if w > 0 and h > 0 else 0.0
+    # 1e308-sized boxes give an infinite side (math.ceil would raise OverflowError): not a crop.
+    return math.isfinite(side) and math.ceil(side) >= 1
 
 
 def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, factor: float,

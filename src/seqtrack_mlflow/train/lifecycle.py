@@ -3,6 +3,7 @@ it ends (FINISHED, KILLED after Ctrl-C/SIGTERM, FAILED with the error as a tag).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 from pathlib import Path
@@ -11,11 +12,12 @@ import torch
 
 from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.train import distributed
 from seqtrack_mlflow.train.checkpoint import list_checkpoints
 from seqtrack_mlflow.train.determinism import seed_everything
 from seqtrack_mlflow.train.device import check_precision, resolve_device
-from seqtrack_mlflow.train.resume import load_resume_state
+from seqtrack_mlflow.train.resume import first_line, load_resume_state
 from seqtrack_mlflow.train.signals import StopFlag, StopRequested
 from seqtrack_mlflow.train.trainer import Trainer
 
@@ -23,6 +25,16 @@ log = logging.getLogger(__name__)
 
 # Seconds the end of training waits for a background Hub upload still running (hub.push_every_epoch).
 HUB_CLOSE_TIMEOUT = 600.0
+
+
+def check_pretrained(cfg: Config) -> None:
+    """Load cfg.model.pretrained into a throw-away model (global RNG untouched): CheckpointError
+    for a file that is not ViT weights of this encoder."""
+    from seqtrack_mlflow.model.load import load_pretrained_encoder
+    from seqtrack_mlflow.model.seqtrack import SeqTrack
+
+    with torch.random.fork_rng(devices=[]):
+        load_pretrained_encoder(SeqTrack(dataclasses.replace(cfg.model, pretrained="")), cfg.model.pretrained)
 
 
 def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
@@ -37,6 +49,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     seed_everything(cfg.seed)
     # The resume state is checked before the run is created: a bad --resume makes no run.
     resume = load_resume_state(cfg) if cfg.train.resume else None
+    if cfg.model.pretrained:  # a bad weights file, too, stops before a run exists
+        check_pretrained(cfg)
     run = (experiment.TrainingRun(run_name, experiment_name).start() if info.is_main
            else experiment.NullRun())
     if info.is_main:
@@ -79,7 +93,9 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
             log.error("complete checkpoints are kept in %s; continue with --resume %s", ckpt_dir, run.run_id)
         elif ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
             ckpt_dir.rmdir()  # a failed start leaves no empty folder behind
-        run.end("FAILED", error=f"{type(exc).__name__}: {exc}")
+        # Our errors are one line by design; the tag holds that line, not a traceback.
+        text = first_line(exc) if isinstance(exc, SeqTrackError) else str(exc)
+        run.end("FAILED", error=f"{type(exc).__name__}: {text}")
         raise
     finally:
         distributed.shutdown(info)

@@ -62,6 +62,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         f"- Average loss per epoch: {sum(h['train_loss'] for h in history) / len(history):.6f} "
         "(mean of the per-epoch averages below)",
         f"- Total training time: {hms(total_seconds)} hours",
+        *([f"- Sample draws redrawn because a frame was unreadable (data.skip_bad_sequences): {skipped}"]
+          if (skipped := int(sum(h.get("skipped_samples", 0) for h in history))) else []),
         "", "| epoch | average train loss | validation IoU | best IoU so far | seconds |",
         "|---|---|---|---|---|",
     ]

@@ -21,10 +21,10 @@ from typing import Any
 
 from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
-from seqtrack_mlflow.errors import CheckpointError, ConfigError
+from seqtrack_mlflow.errors import CheckpointError, ConfigError, TrackingError
 from seqtrack_mlflow.model.load import checkpoint_config
 from seqtrack_mlflow.train.checkpoint import (check_resumable, checkpoint_name, load_checkpoint,
-                                              remove_stale_temp_files)
+                                              remove_stale_temp_files, verify_checkpoint)
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
 log = logging.getLogger(__name__)
@@ -91,15 +91,80 @@ def load_resume_state(cfg: Config) -> ResumeState:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     try:
+        # The new run adopts the earlier epochs' files and records their hashes: each must match
+        # the manifest it comes with, or a corrupt file would be re-published as verified.
+        for _, earlier in resume.earlier_checkpoints()[:-1]:
+            verify_checkpoint(earlier)
         check_resumable(resume.state, spec)
         check_resume_config(cfg, resume.state, spec)
-        if resume.epoch >= cfg.train.epochs:
+        check_restorable(cfg, resume.state, spec)
+        if resume.epoch > cfg.train.epochs or (resume.epoch == cfg.train.epochs
+                                              and not _unfinished(resume, cfg)):
             raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
                               f"epoch {resume.epoch}, ask for more epochs to continue")
+        if resume.epoch == cfg.train.epochs:
+            log.info("run %s trained all %d epochs but stopped before its report: finishing it (report, "
+                     "plots) in a new run", resume.source_run_id, resume.epoch)
     except BaseException:
         resume.remove_download()
         raise
     return resume
+
+
+def _unfinished(resume: ResumeState, cfg: Config) -> bool:
+    """The run of this checkpoint trained every epoch it was asked for but never ended FINISHED
+    (killed while writing its report and plots): resuming it at the same epochs finishes it."""
+    if not resume.source_run_id:
+        return False
+    planned = resume.state["config"].get("train", {}).get("epochs")
+    if planned != cfg.train.epochs:
+        return False
+    try:
+        status = experiment.find_run(resume.source_run_id).info.status
+    except TrackingError:  # a checkpoint file from another store: nothing to finish here
+        return False
+    return status != "FINISHED"
+
+
+# What restoring a damaged (but safely loaded) state raises from torch's load_state_dict /
+# set_rng_state and the plain-data accesses around them.
+_RESTORE_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def check_restorable(cfg: Config, state: dict[str, Any], spec: str) -> None:
+    """Restore the checkpoint into a throw-away model and optimizer, so that a tensor of the wrong
+    shape, a damaged optimizer or RNG state stops here with one line, before any run exists.
+    Every global generator is left exactly as it was (the real restore happens in the Trainer)."""
+    import torch
+
+    from seqtrack_mlflow.model.load import load_strict
+    from seqtrack_mlflow.model.seqtrack import SeqTrack
+    from seqtrack_mlflow.train.checkpoint import state_dict_of
+    from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
+    from seqtrack_mlflow.train.trainer import build_optimizer
+
+    source = f"resume: {spec}"
+    saved = rng_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))
+            load_strict(model, state_dict_of(state["model_state_dict"], source), source)
+            optimizer, scheduler = build_optimizer(model, cfg.train)
+            optimizer.load_state_dict(state["optimizer_state_dict"])
+            scheduler.load_state_dict(state["scheduler_state_dict"])
+            set_rng_state(state["rng"])
+            int(state["progress"]["global_samples"])
+            float(state["progress"]["elapsed_seconds"])
+            [dict(h) for h in state["metrics"]]
+    except _RESTORE_ERRORS as exc:
+        raise CheckpointError(f"{source} cannot be restored ({type(exc).__name__}: {first_line(exc)})") from None
+    finally:
+        set_rng_state(saved)
 
 
 def _download(run_id: str, folder: Path) -> ResumeState:
@@ -111,6 +176,8 @@ def _download(run_id: str, folder: Path) -> ResumeState:
                               "nothing to resume; start a new run")
     path = experiment.download_checkpoints(run_id, folder)
     state = load_checkpoint(path)
+    for leftover in experiment.remove_upload_leftovers(run_id):
+        log.info("removed %s, left by an interrupted artifact copy", leftover)
     old_outputs = run.data.tags.get(names.OUTPUT_DIR_TAG, "")
     if old_outputs and Path(old_outputs).is_dir():  # the run's own folder, on this machine
         for stale in remove_stale_temp_files(Path(old_outputs) / names.CHECKPOINTS):

@@ -31,7 +31,7 @@ from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
 from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
-from seqtrack_mlflow.errors import SeqTrackError
+from seqtrack_mlflow.errors import CheckpointError, SeqTrackError
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
 from seqtrack_mlflow.train import distributed, report
@@ -40,7 +40,7 @@ from seqtrack_mlflow.train.checkpoint import CHECKPOINT_FORMAT, Manifest, checkp
 from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
 from seqtrack_mlflow.train.device import autocast
 from seqtrack_mlflow.train.progress import ProgressLog, format_block
-from seqtrack_mlflow.train.resume import ResumeState, adopt
+from seqtrack_mlflow.train.resume import _RESTORE_ERRORS, ResumeState, adopt, first_line
 from seqtrack_mlflow.train.signals import StopRequested, ignore_sigint_in_worker
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,13 @@ class Trainer:
             self._log_run_info(resume)
 
     def _restore(self, resume: ResumeState) -> None:
+        try:
+            self._load_state(resume)
+        except _RESTORE_ERRORS as exc:  # check_restorable ran these before the run: a backstop
+            raise CheckpointError(f"resume: {resume.path} cannot be restored "
+                                  f"({type(exc).__name__}: {first_line(exc)})") from None
+
+    def _load_state(self, resume: ResumeState) -> None:
         state = resume.state
         self.model.load_state_dict(state["model_state_dict"])
         self.optimizer.load_state_dict(state["optimizer_state_dict"])
@@ -178,11 +185,12 @@ class Trainer:
                 if self.is_main:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
                     best = max([h["val_iou"] for h in self.history] + [val_iou])
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
                     metrics = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
-                               "seconds": time.perf_counter() - t_epoch,
-                               "lr": self.optimizer.param_groups[-1]["lr"]}
+                               "seconds": time.perf_counter() - t_epoch, "lr": lr,
+                               "skipped_samples": float(self.skipped)}
                     self.history.append(metrics)
                     run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
                     log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f), "
@@ -216,7 +224,10 @@ class Trainer:
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         block = _Block()
         t_epoch = t_block = time.perf_counter()
-        for batch in loader:
+        self.skipped = 0
+        for batch in _unwrapped(loader):
+            # Draws that hit an unreadable frame under data.skip_bad_sequences (see the sampler).
+            self.skipped += int(batch.pop("skipped").sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device, cfg.train)
             n = batch["search"].shape[0] * world  # global samples in this step (equal shards)
@@ -233,6 +244,12 @@ class Trainer:
             if self._stop_requested(block_end):
                 raise StopRequested(self.stop.signum or signal.SIGTERM, epoch, done)  # SIGTERM: another rank's
         distributed.all_reduce_sum(epoch_loss, self.dist)
+        if self.dist.enabled:
+            self.skipped = int(distributed.all_reduce_sum(torch.tensor([float(self.skipped)], device=device),
+                                                          self.dist).item())
+        if self.skipped:
+            log.warning("epoch %d: %d sample draw(s) hit an unreadable frame and were drawn again "
+                        "(data.skip_bad_sequences)", epoch, self.skipped)
         return float(epoch_loss.item() / max(done, 1) / world)
 
     def _stop_requested(self, at_block_end: bool) -> bool:
@@ -318,6 +335,22 @@ class Trainer:
         (self.out_dir / names.REPORT_FILE).write_text(text)
         self.run.log_artifact(self.out_dir / names.REPORT_FILE)
         self.report_text = text
+
+
+def _unwrapped(loader):
+    """Iterate a DataLoader; an error of ours raised in a worker process comes back as itself.
+
+    torch re-raises a worker's exception as the same type whose message is "Caught DataError in
+    DataLoader worker process 0." plus the worker's whole traceback; the last line of that
+    traceback is the original "module.Type: message", which is all a user needs."""
+    try:
+        yield from loader
+    except SeqTrackError as exc:
+        text = str(exc)
+        if not text.startswith("Caught ") or "Traceback" not in text:
+            raise
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        raise type(exc)(last.partition(": ")[2] or last) from None
 
 
 class _Block:
