@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -121,9 +122,14 @@ class TrainingRun:
     """One MLflow run of the trainer, opened by `start()` and always closed by `end(status)`.
     Metrics are buffered and sent asynchronously in batches: training never waits on them."""
 
-    def __init__(self, run_name: str, experiment: str = "", kind: str = "train"):
+    def __init__(self, run_name: str, experiment: str = "", kind: str = "train", system_metrics: bool = False):
         self.run_name, self.experiment, self.kind = run_name, experiment, kind
+        self.system_metrics = system_metrics
         self.run_id: str = ""
+        self.experiment_id: str = ""
+        self.models: dict[int, str] = {}  # epoch -> LoggedModel id
+        self._datasets: dict[str, Any] = {}  # context -> the logged mlflow dataset
+        self._example: Any = None
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self._pending: list[Any] = []  # async operations still in flight
@@ -134,8 +140,10 @@ class TrainingRun:
         with tracking_errors("starting a run"):
             attach = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the project's run
             run = mlflow.start_run(run_name=self.run_name, experiment_id=None if attach else exp_id,
-                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}})
+                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}},
+                                   log_system_metrics=self.system_metrics)
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         return self
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -179,11 +187,17 @@ class TrainingRun:
         with tracking_errors("logging the dataset input"):
             dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name)
             mlflow.log_input(dataset, context=context)
+        self._datasets[context] = dataset
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer metrics; they are sent in batches, asynchronously, so training never waits."""
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str = "", dataset: str = "") -> None:
+        """Buffer metrics; they are sent in batches, asynchronously, so training never waits.
+        `model_id`: also a metric of that LoggedModel; `dataset`: the context of a dataset
+        logged with `log_dataset` that the values were measured on."""
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        data = self._datasets.get(dataset) if dataset else None
+        self._buffer.extend(Metric(k, float(v), now, int(step), model_id=model_id or None,
+                                   dataset_name=data.name if data else None,
+                                   dataset_digest=data.digest if data else None) for k, v in metrics.items())
         if len(self._buffer) >= _FLUSH_COUNT or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
@@ -221,6 +235,50 @@ class TrainingRun:
             tmp.unlink(missing_ok=True)
             log.debug("keeping a separate local copy of %s: %s", path, exc)
 
+    # -- the model lifecycle: one LoggedModel per chosen epoch, the best one registered ---------
+    def log_epoch_model(self, epoch: int, weights_dir: Path, track: dict[str, Any]) -> str:
+        """After the checkpoint of `epoch`: its weights (`weights_dir`: config.json +
+        model.safetensors) become a LoggedModel of this run at step = epoch, a pyfunc model from
+        code (seqtrack_mlflow/pyfunc_model.py) with signature and input example. MLflow links
+        the run's metrics of that step (the epoch metrics, already flushed with the checkpoint)
+        to the model, so its page shows them."""
+        from seqtrack_mlflow import pyfunc_model
+        from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
+
+        if self._example is None:
+            self._example = pyfunc_model.sample_example()
+        # log_model loads the model once to check the input example: the RNG states are put
+        # back afterwards, so logging models never changes what training computes.
+        saved = rng_state()
+        try:
+            with tracking_errors(f"logging the model of epoch {epoch}"), warnings.catch_warnings():
+                # "add type hints to predict": the signature is given explicitly instead
+                warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+                info = mlflow.pyfunc.log_model(
+                    name=f"epoch-{epoch}", python_model=pyfunc_model.__file__,
+                    artifacts={pyfunc_model.WEIGHTS_ARTIFACT: str(weights_dir)}, model_config=dict(track),
+                    signature=_pyfunc_signature(), input_example=self._example,
+                    pip_requirements=_pip_requirements(), step=int(epoch),
+                    tags={names.EPOCH_TAG: str(epoch)}, model_type="seqtrack-tracker")
+        finally:
+            set_rng_state(saved)
+        self.models[epoch] = info.model_id
+        return info.model_id
+
+    def register_best(self, epoch: int, name: str, alias: str, description: str = "") -> str:
+        """Register the LoggedModel of `epoch` as a new version of `name` and point `alias`
+        at it; returns 'name/version' ('' when that epoch has no model or name is '')."""
+        model_id = self.models.get(epoch)
+        if not name or not model_id:
+            return ""
+        with tracking_errors(f"registering the model of epoch {epoch} as {name}@{alias}"):
+            version = mlflow.register_model(f"models:/{model_id}", name,
+                                            tags={names.EPOCH_TAG: str(epoch), "seqtrack.run_id": self.run_id})
+            if description:
+                client().update_model_version(name, version.version, description=description)
+            client().set_registered_model_alias(name, alias, version.version)
+        return f"{name}/{version.version}"
+
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
         """Copy metric points with step <= max_step from another run (used on resume)."""
         with tracking_errors(f"copying metrics of run {source_run_id}"):
@@ -231,17 +289,46 @@ class TrainingRun:
         return len(points)
 
 
+def _pyfunc_signature():
+    """frame (path, data URI or uint8 array) + the first row's box -> one box per frame."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    from seqtrack_mlflow.pyfunc_model import BOX_COLUMNS
+
+    return ModelSignature(inputs=Schema([ColSpec(AnyType(), "frame"), *(ColSpec("double", c) for c in BOX_COLUMNS)]),
+                          outputs=Schema([ColSpec("double", c) for c in BOX_COLUMNS]))
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned as in this environment; given explicitly, because inferring them starts a
+    subprocess that loads the model (seconds per epoch). seqtrack-mlflow itself must be
+    installed from this repository (it is not on PyPI)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("torch", "numpy", "mlflow", "safetensors", "pillow", "pandas", "pyyaml"):
+        with contextlib.suppress(PackageNotFoundError):
+            out.append(f"{package}=={version(package)}")
+    return out
+
+
 class NullRun:
     """What data-parallel ranks other than 0 hold instead of a run: the same methods, no effect."""
 
     run_id = ""
+    models: dict[int, str] = {}
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training") -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str = "", dataset: str = "") -> None: ...
     def flush(self, wait: bool = False) -> None: ...
+    def log_epoch_model(self, epoch: int, weights_dir: Path, track: dict[str, Any]) -> str:
+        return ""
+    def register_best(self, epoch: int, name: str, alias: str, description: str = "") -> str:
+        return ""
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def store_once(self, path: Path, artifact_path: str) -> None: ...
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:

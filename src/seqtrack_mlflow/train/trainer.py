@@ -144,8 +144,13 @@ class Trainer:
         })
         for name, counts in [*self.summary["classes"].items(), ("total", self.summary["total"])]:
             run.log_params({f"dataset.{name}.{k}": counts[k] for k in COUNT_KEYS})
-        run.log_dataset(frame_index(self.dataset), source=dataset_source(cfg.data),
-                        name=f"{cfg.data.source}:{','.join(cfg.data.classes)}")
+        index = frame_index(self.dataset)
+        run.log_dataset(index, source=dataset_source(cfg.data), name=f"{cfg.data.source}:{','.join(cfg.data.classes)}")
+        # The held-out frames as their own input: epoch/val_iou is logged against this dataset.
+        held_out = np.flatnonzero(np.asarray(index["split"]) == "test")
+        if len(held_out):
+            run.log_dataset(index.select(held_out, keep_in_memory=True), source=dataset_source(cfg.data),
+                            name=f"{cfg.data.source}:{','.join(cfg.data.classes)}:held-out", context="validation")
         for name, text in ((names.CONFIG_FILE, cfg.to_yaml()),
                            (names.SUMMARY_FILE, json.dumps(self.summary, indent=2) + "\n")):
             (self.out_dir / name).write_text(text)
@@ -179,11 +184,11 @@ class Trainer:
                     metrics = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
                                "seconds": time.perf_counter() - t_epoch,
                                "lr": self.optimizer.param_groups[-1]["lr"]}
-                    self.history.append(metrics)
-                    run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, val_iou, self.history)
+                    self.history.append(metrics)  # logged by save_checkpoint, with the epoch's model
                     log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f), "
                              "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou, metrics["seconds"])
-                    self.save_checkpoint(epoch)
+                    self.save_checkpoint(epoch, as_model)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
             if self.is_main:
@@ -274,7 +279,7 @@ class Trainer:
         return ValidationSamples(self.dataset, self.cfg)
 
     # -- checkpoints and the end -----------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int, as_model: bool = False) -> None:
         t0 = time.perf_counter()
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -294,6 +299,12 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler_state_dict"] = self.scaler.state_dict()
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(epoch), state)
+        # The epoch's LoggedModel (if this epoch is one) comes before the epoch metrics, so they
+        # are logged with its id and the held-out dataset, and the model's page shows them.
+        model_id = self.log_model(epoch, state) if as_model else ""
+        if self.history:
+            self.run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in self.history[-1].items()}, step=epoch,
+                                 model_id=model_id, dataset="validation")
         # Every metric up to this checkpoint reaches the store before its artifact does: after a
         # kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered.
         self.run.flush(wait=True)
@@ -306,7 +317,42 @@ class Trainer:
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
                  time.perf_counter() - t0)
 
+    def log_model(self, epoch: int, state: dict) -> str:
+        """The epoch's weights as an MLflow LoggedModel of the run: safetensors + config.json
+        exactly as the Hub mirror writes them, staged in a temporary folder (the checkpoint
+        stays the local copy)."""
+        import dataclasses
+        import tempfile
+
+        from seqtrack_mlflow.mirror import export_pretrained
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="seqtrack-model-") as tmp:
+            export_pretrained(state, Path(tmp), self.run.run_id)
+            model_id = self.run.log_epoch_model(epoch, Path(tmp), dataclasses.asdict(self.cfg.track))
+        log.info("epoch %d logged as MLflow model %s (%.2f s)", epoch, model_id, time.perf_counter() - t0)
+        return model_id
+
+    def register_best(self) -> str:
+        """The logged epoch with the highest epoch/val_iou (earliest on ties) becomes a version
+        of the registered model, with the configured alias; '' when none qualifies."""
+        m = self.cfg.mlflow
+        logged = sorted(getattr(self.run, "models", {}))
+        scored = [(self.history[e - 1]["val_iou"], e) for e in logged
+                  if e - 1 < len(self.history) and math.isfinite(self.history[e - 1]["val_iou"])]
+        if not m.registered_model or not logged:
+            return ""
+        value, epoch = max(scored, key=lambda p: (p[0], -p[1])) if scored else (math.nan, logged[-1])
+        version = self.run.register_best(epoch, m.registered_model, m.alias,
+                                         description=f"SeqTrack epoch {epoch} of run {self.run.run_id}, "
+                                                     f"epoch/val_iou {value:.4f}")
+        if version:
+            log.info("registered epoch %d (val IoU %.4f) as %s, alias %s: models:/%s@%s", epoch, value,
+                     version, m.alias, m.registered_model, m.alias)
+        return version
+
     def finish(self, total_seconds: float) -> None:
+        self.register_best()
         for p in report.save_plots(self.blocks, self.history, self.out_dir / names.PLOTS, self.no_motion_iou):
             self.run.log_artifact(p, names.PLOTS)
         text = report.render(self.cfg, self.summary, self.history, self.manifest.list(), total_seconds,
@@ -314,6 +360,17 @@ class Trainer:
         (self.out_dir / names.REPORT_FILE).write_text(text)
         self.run.log_artifact(self.out_dir / names.REPORT_FILE)
         self.report_text = text
+
+
+def logs_model(mode: str, epoch: int, last_epoch: int, val_iou: float, history: list[dict[str, float]]) -> bool:
+    """Whether `epoch` becomes a LoggedModel under mlflow.log_models (all | best | last); `history`
+    holds the earlier epochs. best: the first epoch and each one that beats every earlier val IoU."""
+    if mode == "all":
+        return True
+    if mode == "last":
+        return epoch == last_epoch
+    earlier = [h["val_iou"] for h in history if math.isfinite(h["val_iou"])]
+    return not earlier or (math.isfinite(val_iou) and val_iou > max(earlier))
 
 
 class _Block:
