@@ -347,16 +347,17 @@ class EvaluationRun:
 
     def __enter__(self) -> "EvaluationRun":
         prepare_store()
-        tags = dict(self.tags)
-        if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id  # what nested=True would set
         with tracking_errors("starting the evaluation run"):
-            if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run
+            if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run, made a child by tag
+                tags = dict(self.tags)
+                if self.parent_run_id:
+                    tags["mlflow.parentRunId"] = self.parent_run_id
                 run = mlflow.start_run(run_name=self.run_name, tags=tags)
             else:
                 exp_id = (find_run(self.parent_run_id).info.experiment_id if self.parent_run_id
                           else experiment_id())
-                run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=tags)
+                run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=self.tags,
+                                       parent_run_id=self.parent_run_id or None)
         self.run_id = run.info.run_id
         return self
 
@@ -374,6 +375,19 @@ class EvaluationRun:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str = names.EVALUATION) -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """A table artifact (one row per sequence) shown in the UI's artifact and evaluation views."""
+        mlflow.log_table(data=columns, artifact_file=artifact_file)
+
+
+def log_to_training_run(run_id: str, metrics: dict[str, float], step: int, model_id: str = "") -> None:
+    """Evaluation results on the training run at step = the evaluated epoch (charts against
+    epoch) and, when the epoch is a LoggedModel, on that model's page."""
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, int(step), model_id=model_id or None) for k, v in metrics.items()]
+    with tracking_errors(f"logging evaluation metrics to training run {run_id}"):
+        client().log_batch(run_id, metrics=points)
 
 
 @contextlib.contextmanager
@@ -404,6 +418,56 @@ def find_run(run_id: str):
     except MlflowException:
         raise TrackingError(f"no MLflow run with id {run_id!r} in tracking store "
                             f"{mlflow.get_tracking_uri()}") from None
+
+
+MODELS_SCHEME = "models:/"
+
+
+def is_model_uri(text: str) -> bool:
+    return str(text).strip().startswith(MODELS_SCHEME)
+
+
+def resolve_model_uri(uri: str) -> tuple[str, int, str]:
+    """`models:/<name>@<alias>`, `models:/<name>/<version>` or `models:/<model_id>` -> (training
+    run id, epoch, model id) of a LoggedModel this project logged. One TrackingError line when
+    the name, alias, version or model does not exist."""
+    rest = uri.strip()[len(MODELS_SCHEME):].strip("/")
+    with tracking_errors(f"resolving {uri}"):
+        try:
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                version = client().get_model_version_by_alias(name, alias)
+            elif "/" in rest:
+                name, number = rest.split("/", 1)
+                version = client().get_model_version(name, number)
+            else:
+                version = None
+                model = client().get_logged_model(rest)
+        except MlflowException as exc:
+            what = ("registered model, alias or version" if "@" in rest or "/" in rest else "logged model")
+            raise TrackingError(f"{uri}: no such {what} in {mlflow.get_tracking_uri()} "
+                                f"({exc.error_code})") from None
+        if version is not None:
+            model_id = getattr(version, "model_id", None) or str(version.source or "").removeprefix(MODELS_SCHEME)
+            try:
+                model = client().get_logged_model(model_id)
+            except MlflowException:
+                raise TrackingError(f"{uri}: version {version.version} does not come from a logged model "
+                                    f"(source {version.source})") from None
+    epoch = model.tags.get(names.EPOCH_TAG, "")
+    if not model.source_run_id or not epoch.isdigit():
+        raise TrackingError(f"{uri}: model {model.model_id} was not logged by seqtrack training "
+                            f"(no source run or {names.EPOCH_TAG} tag)")
+    return model.source_run_id, int(epoch), model.model_id
+
+
+def epoch_models(run_id: str) -> dict[int, str]:
+    """{epoch: LoggedModel id} of a training run (its models tagged with an epoch)."""
+    with tracking_errors(f"searching the models of run {run_id}"):
+        models = mlflow.search_logged_models(experiment_ids=[find_run(run_id).info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    return {int(m.tags[names.EPOCH_TAG]): m.model_id for m in models
+            if str(m.tags.get(names.EPOCH_TAG, "")).isdigit()}
 
 
 def training_run(run_id: str, experiment: str = ""):
