@@ -328,8 +328,9 @@ class Trainer:
 
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="seqtrack-model-") as tmp:
-            export_pretrained(state, Path(tmp), self.run.run_id)
-            model_id = self.run.log_epoch_model(epoch, Path(tmp), dataclasses.asdict(self.cfg.track))
+            weights = Path(tmp) / "weights"  # the folder's name is kept in the model: artifacts/weights/
+            export_pretrained(state, weights, self.run.run_id)
+            model_id = self.run.log_epoch_model(epoch, weights, dataclasses.asdict(self.cfg.track))
         log.info("epoch %d logged as MLflow model %s (%.2f s)", epoch, model_id, time.perf_counter() - t0)
         return model_id
 
