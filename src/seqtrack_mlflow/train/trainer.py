@@ -200,6 +200,9 @@ class Trainer:
                              "time/logging_overhead_fraction": self.logging_seconds / max(total, 1e-9)},
                             step=self.global_samples)
             self.finish(total)
+        # The ranks leave together: one that destroys the process group while rank 0 still
+        # writes the report and registers the model can abort in gloo (seen: exit -6).
+        distributed.barrier(self.dist)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
