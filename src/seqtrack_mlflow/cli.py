@@ -243,8 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default="", help="training run to evaluate, or models:/<name>@<alias>, "
                    "models:/<name>/<version>, models:/<model_id> ('' = the latest run)")
     p.add_argument("--checkpoint", default="", help="checkpoint file (instead of a run), or a models:/ URI")
-    p.add_argument("--epoch", default="best", help="epoch of the run: N, 'last', 'best' or 'all' (each in turn); "
-                   "a models:/ URI names its own epoch")
+    p.add_argument("--epoch", default="best", help="epoch of the run: N, last, best or all")
     experiment_flag(p, "experiment searched for the latest training run")
 
     p = command("download", "download a run's artifacts to a folder", _download)
