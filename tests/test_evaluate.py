@@ -19,8 +19,13 @@ from seqtrack_mlflow.data.sample import ensure_sample_data
 from seqtrack_mlflow.model import build_seqtrack
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.evaluate import _history_points, best_epoch, parse_epoch
-from seqtrack_mlflow.track.plots import (GT_COLOR, LEGEND_HEIGHT, PRED_COLOR, gif_frame_indices,
-                                         write_tracking_gif)
+from seqtrack_mlflow.track.plots import (
+    GT_COLOR,
+    LEGEND_HEIGHT,
+    PRED_COLOR,
+    gif_frame_indices,
+    write_tracking_gif,
+)
 from seqtrack_mlflow.track.tracker import result_paths
 from seqtrack_mlflow.train.checkpoint import save_checkpoint
 
