@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--out", default="docs/ui")
     parser.add_argument("--port", type=int, default=5055)
     parser.add_argument("--model", default="seqtrack-lasot@champion", help="registered name@alias")
-    parser.add_argument("--budget-ms", type=int, default=20000, help="rendering time per page")
+    parser.add_argument("--budget-ms", type=int, default=40000, help="rendering time per page (charts load last)")
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not browser:
@@ -93,7 +93,7 @@ def main() -> None:
             "logged_models.png": f"{base}/#/experiments/{exp}/models",
         }
         for file, url in pages.items():
-            screenshot(browser, url, out / file, 1400, 1000, args.budget_ms)
+            screenshot(browser, url, out / file, 1700, 1050, args.budget_ms)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
         server.wait(timeout=30)
