@@ -19,7 +19,13 @@ from seqtrack_mlflow.data.sample import ensure_sample_data
 from seqtrack_mlflow.model import build_seqtrack
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.evaluate import _history_points, best_epoch, parse_epoch
-from seqtrack_mlflow.track.plots import gif_frame_indices, write_tracking_gif
+from seqtrack_mlflow.track.plots import (
+    GT_COLOR,
+    LEGEND_HEIGHT,
+    PRED_COLOR,
+    gif_frame_indices,
+    write_tracking_gif,
+)
 from seqtrack_mlflow.track.tracker import result_paths
 from seqtrack_mlflow.train.checkpoint import save_checkpoint
 
@@ -189,10 +195,19 @@ def test_gif_has_the_subsampled_frames(tmp_path):
     assert gif_frame_indices(n, 10) == list(range(0, 23, 3)) and count == 8
     assert sorted(frames) == list(range(0, 23, 3))  # only the kept frames were decoded
     with Image.open(tmp_path / "s.gif") as gif:
-        assert gif.n_frames == 8 and gif.size == (200, 60)
-        gif.seek(1)  # frame 3: gt (green) and prediction (red) drawn at half scale
-        rgb = np.asarray(gif.convert("RGB"))
+        assert gif.n_frames == 8 and gif.size == (200, 60 + LEGEND_HEIGHT)  # legend band below
+        gif.seek(1)  # frame 3: truth (cyan) and prediction (magenta) drawn at half scale
+        rgb = np.asarray(gif.convert("RGB")).astype(int)
     x, y = (gt[3, :2] * 0.5).astype(int)
-    assert rgb[y, x, 1] > 150 and rgb[y, x, 0] < 100
+    assert rgb[y, x, 1] > 150 and rgb[y, x, 2] > 150 and rgb[y, x, 0] < 100
     px, py = (pred[3, :2] * 0.5 + 0.5).astype(int)
-    assert rgb[py, px, 0] > 150 and rgb[py, px, 1] < 100
+    assert rgb[py, px, 0] > 150 and rgb[py, px, 2] > 150 and rgb[py, px, 1] < 100
+    legend = rgb[60:]
+    for color in (GT_COLOR, PRED_COLOR):  # the legend names both colours
+        assert (np.abs(legend - np.array(color)).sum(axis=2) < 60).any()
+
+    # with a title: a band above the frame too
+    write_tracking_gif(tmp_path / "t.gif", frame_at, gt, pred, visible, max_frames=10, max_side=200,
+                       title="airplane-1, run 1a2b3c4d epoch 3")
+    with Image.open(tmp_path / "t.gif") as gif:
+        assert gif.size == (200, 60 + 2 * LEGEND_HEIGHT)

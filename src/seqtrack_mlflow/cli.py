@@ -135,6 +135,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from seqtrack_mlflow.track.evaluate import evaluate
 
     cfg = config_from_args(args)
+    if args.epoch.strip().lower() == "all":
+        if args.checkpoint.strip():
+            raise SeqTrackError("--epoch all scores the checkpoints of a run: give --run-id, not --checkpoint")
+        from seqtrack_mlflow.track.evaluate import evaluate_all
+
+        reports = evaluate_all(cfg, run_id=args.run_id.strip(), experiment_name=args.experiment_name)
+        for report in reports:
+            o = report["overall"]
+            print(f"epoch {report['epoch']:>4}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
+                  f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  (MLflow run {report['mlflow_run_id']})")
+        return 0
     report = evaluate(cfg, run_id=args.run_id.strip(), checkpoint=args.checkpoint.strip(), epoch=args.epoch,
                       experiment_name=args.experiment_name)
     o = report["overall"]
@@ -215,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default="", help="MLflow run name ('' = <preset>-seed<S>-e<E>-<precision>)")
     experiment_flag(p, "MLflow experiment of the run (created if missing)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--no-system-metrics", dest="mlflow.system_metrics", action="store_const", const="false",
+                   default=None, help="do not log CPU/memory/GPU use as system/* metrics (mlflow.system_metrics)")
 
     p = command("summary", "print the dataset summary without training", _summary)
     _add_config_flags(p, DATA_FLAGS)
@@ -227,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", "track the test sequences and compute LaSOT metrics", _evaluate)
     _add_config_flags(p, DATA_FLAGS, DEVICE_FLAGS)
-    p.add_argument("--run-id", default="", help="training run to evaluate ('' = the latest one)")
-    p.add_argument("--checkpoint", default="", help="checkpoint file (instead of a run)")
-    p.add_argument("--epoch", default="best", help="epoch of the run: N, 'last' or 'best'")
+    p.add_argument("--run-id", default="", help="training run to evaluate, or models:/<name>@<alias>, "
+                   "models:/<name>/<version>, models:/<model_id> ('' = the latest run)")
+    p.add_argument("--checkpoint", default="", help="checkpoint file (instead of a run), or a models:/ URI")
+    p.add_argument("--epoch", default="best", help="epoch of the run: N, last, best or all")
     experiment_flag(p, "experiment searched for the latest training run")
 
     p = command("download", "download a run's artifacts to a folder", _download)
@@ -239,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_flag(p, "experiment searched for the latest training run")
 
     p = command("mirror", "publish a run to a Hugging Face model repo (safetensors, card, tag)", _mirror)
-    p.add_argument("--run-id", default="", help="training run ('' = the latest one)")
+    p.add_argument("--run-id", default="", help="training run, or a models:/ URI (its run) ('' = the latest one)")
     experiment_flag(p, "experiment searched for the latest training run")
     p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
     p.add_argument("--revision", default="", help="branch to commit to ('' = main)")

@@ -1,6 +1,6 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
-A config is frozen sections (data, model, train, track, hub) plus the seed. The presets ship inside
+A config is frozen sections (data, model, train, track, hub, mlflow) plus the seed. The presets ship inside
 the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
 `configs/` is a link to them), and `default.yaml` is the one place that holds every default:
 the dataclasses below declare and document the keys but give no values, and a tree that leaves
@@ -206,6 +206,23 @@ class HubConfig:
     """Create the repo as private if it does not exist."""
 
 
+LOG_MODELS = ("all", "best", "last")
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    log_models: str
+    """Which epochs become MLflow LoggedModels (pyfunc, safetensors weights) beside their
+    checkpoint: all | best (each epoch that improves epoch/val_iou) | last."""
+    registered_model: str
+    """Model Registry name the best epoch is registered under at the end of training
+    ('' = do not register)."""
+    alias: str
+    """Registry alias set on that version (e.g. models:/seqtrack-lasot@champion)."""
+    system_metrics: bool
+    """Log CPU, memory (and GPU) use as system/* metrics of the training run (psutil)."""
+
+
 @dataclass(frozen=True)
 class Config:
     seed: int
@@ -215,6 +232,7 @@ class Config:
     train: TrainConfig
     track: TrackConfig
     hub: HubConfig
+    mlflow: MlflowConfig
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any], overrides: dict[str, Any] | None = None,
@@ -282,7 +300,7 @@ def _plain(value: Any) -> Any:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig,
-            "hub": HubConfig}
+            "hub": HubConfig, "mlflow": MlflowConfig}
 _SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
 
 
@@ -479,6 +497,15 @@ def validate(cfg: Config) -> None:
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
     _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",
           cfg.hub.repo_id, "use 'namespace/name'")
+
+    m = cfg.mlflow
+    _need(m.log_models in LOG_MODELS, "mlflow.log_models", m.log_models, f"use one of {', '.join(LOG_MODELS)}")
+    # Registry names and aliases: no '/', '@' or ':' (they delimit models:/<name>@<alias>).
+    _need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*|", m.registered_model) is not None, "mlflow.registered_model",
+          m.registered_model, "use letters, digits, '-', '_' and '.' ('' = do not register)")
+    _need(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", m.alias) is not None, "mlflow.alias", m.alias,
+          "use letters, digits, '-' and '_', starting with a letter (not v<N>: that names a version)")
+    _need(re.fullmatch(r"v\d+", m.alias) is None, "mlflow.alias", m.alias, "v<N> names a version; pick another")
 
     k = cfg.track
     _need(k.geometry in TRACK_GEOMETRIES, "track.geometry", k.geometry,

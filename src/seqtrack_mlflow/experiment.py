@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -136,9 +137,14 @@ class TrainingRun:
     """One MLflow run of the trainer, opened by `start()` and always closed by `end(status)`.
     Metrics are buffered and sent asynchronously in batches: training never waits on them."""
 
-    def __init__(self, run_name: str, experiment: str = "", kind: str = "train"):
+    def __init__(self, run_name: str, experiment: str = "", kind: str = "train", system_metrics: bool = False):
         self.run_name, self.experiment, self.kind = run_name, experiment, kind
+        self.system_metrics = system_metrics
         self.run_id: str = ""
+        self.experiment_id: str = ""
+        self.models: dict[int, str] = {}  # epoch -> LoggedModel id
+        self._datasets: dict[str, Any] = {}  # context -> the logged mlflow dataset
+        self._example: Any = None
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self._pending: list[Any] = []  # async operations still in flight
@@ -149,8 +155,10 @@ class TrainingRun:
         with tracking_errors("starting a run"):
             attach = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the project's run
             run = mlflow.start_run(run_name=self.run_name, experiment_id=None if attach else exp_id,
-                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}})
+                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}},
+                                   log_system_metrics=self.system_metrics)
         self.run_id = run.info.run_id
+        self.experiment_id = run.info.experiment_id
         return self
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -191,12 +199,17 @@ class TrainingRun:
 
     def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training",
                     digest: str | None = None) -> None:
-        log_dataset(hf_dataset, source, name, context, digest)
+        self._datasets[context] = log_dataset(hf_dataset, source, name, context, digest)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffer metrics; they are sent in batches, asynchronously, so training never waits."""
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str = "", dataset: str = "") -> None:
+        """Buffer metrics; they are sent in batches, asynchronously, so training never waits.
+        `model_id`: also a metric of that LoggedModel; `dataset`: the context of a dataset
+        logged with `log_dataset` that the values were measured on."""
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        data = self._datasets.get(dataset) if dataset else None
+        self._buffer.extend(Metric(k, float(v), now, int(step), model_id=model_id or None,
+                                   dataset_name=data.name if data else None,
+                                   dataset_digest=data.digest if data else None) for k, v in metrics.items())
         if len(self._buffer) >= _FLUSH_COUNT or time.monotonic() - self._last_flush > _FLUSH_SECONDS:
             self.flush()
 
@@ -234,6 +247,50 @@ class TrainingRun:
             tmp.unlink(missing_ok=True)
             log.debug("keeping a separate local copy of %s: %s", path, exc)
 
+    # -- the model lifecycle: one LoggedModel per chosen epoch, the best one registered ---------
+    def log_epoch_model(self, epoch: int, weights_dir: Path, track: dict[str, Any]) -> str:
+        """After the checkpoint of `epoch`: its weights (`weights_dir`: config.json +
+        model.safetensors) become a LoggedModel of this run at step = epoch, a pyfunc model from
+        code (seqtrack_mlflow/pyfunc_model.py) with signature and input example. MLflow links
+        the run's metrics of that step (the epoch metrics, already flushed with the checkpoint)
+        to the model, so its page shows them."""
+        from seqtrack_mlflow import pyfunc_model
+        from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
+
+        if self._example is None:
+            self._example = pyfunc_model.sample_example()
+        # log_model loads the model once to check the input example: the RNG states are put
+        # back afterwards, so logging models never changes what training computes.
+        saved = rng_state()
+        try:
+            with tracking_errors(f"logging the model of epoch {epoch}"), warnings.catch_warnings():
+                # "add type hints to predict": the signature is given explicitly instead
+                warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+                info = mlflow.pyfunc.log_model(
+                    name=f"epoch-{epoch}", python_model=pyfunc_model.__file__,
+                    artifacts={pyfunc_model.WEIGHTS_ARTIFACT: str(weights_dir)}, model_config=dict(track),
+                    signature=_pyfunc_signature(), input_example=self._example,
+                    pip_requirements=_pip_requirements(), step=int(epoch),
+                    tags={names.EPOCH_TAG: str(epoch)}, model_type="seqtrack-tracker")
+        finally:
+            set_rng_state(saved)
+        self.models[epoch] = info.model_id
+        return info.model_id
+
+    def register_best(self, epoch: int, name: str, alias: str, description: str = "") -> str:
+        """Register the LoggedModel of `epoch` as a new version of `name` and point `alias`
+        at it; returns 'name/version' ('' when that epoch has no model or name is '')."""
+        model_id = self.models.get(epoch)
+        if not name or not model_id:
+            return ""
+        with tracking_errors(f"registering the model of epoch {epoch} as {name}@{alias}"):
+            version = mlflow.register_model(f"models:/{model_id}", name,
+                                            tags={names.EPOCH_TAG: str(epoch), "seqtrack.run_id": self.run_id})
+            if description:
+                client().update_model_version(name, version.version, description=description)
+            client().set_registered_model_alias(name, alias, version.version)
+        return f"{name}/{version.version}"
+
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
         """Copy metric points with step <= max_step from another run (used on resume)."""
         with tracking_errors(f"copying metrics of run {source_run_id}"):
@@ -244,18 +301,47 @@ class TrainingRun:
         return len(points)
 
 
+def _pyfunc_signature():
+    """frame (path, data URI or uint8 array) + the first row's box -> one box per frame."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    from seqtrack_mlflow.pyfunc_model import BOX_COLUMNS
+
+    return ModelSignature(inputs=Schema([ColSpec(AnyType(), "frame"), *(ColSpec("double", c) for c in BOX_COLUMNS)]),
+                          outputs=Schema([ColSpec("double", c) for c in BOX_COLUMNS]))
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned as in this environment; given explicitly, because inferring them starts a
+    subprocess that loads the model (seconds per epoch). seqtrack-mlflow itself must be
+    installed from this repository (it is not on PyPI)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("torch", "numpy", "mlflow", "safetensors", "pillow", "pandas", "pyyaml"):
+        with contextlib.suppress(PackageNotFoundError):
+            out.append(f"{package}=={version(package)}")
+    return out
+
+
 class NullRun:
     """What data-parallel ranks other than 0 hold instead of a run: the same methods, no effect."""
 
     run_id = ""
+    models: dict[int, str] = {}
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None: ...
     def log_params(self, params: dict[str, Any]) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training",
                     digest: str | None = None) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int, model_id: str = "", dataset: str = "") -> None: ...
     def flush(self, wait: bool = False) -> None: ...
+    def log_epoch_model(self, epoch: int, weights_dir: Path, track: dict[str, Any]) -> str:
+        return ""
+    def register_best(self, epoch: int, name: str, alias: str, description: str = "") -> str:
+        return ""
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def store_once(self, path: Path, artifact_path: str) -> None: ...
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
@@ -274,16 +360,17 @@ class EvaluationRun:
 
     def __enter__(self) -> "EvaluationRun":
         prepare_store()
-        tags = dict(self.tags)
-        if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id  # what nested=True would set
         with tracking_errors("starting the evaluation run"):
-            if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run
+            if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project's run, made a child by tag
+                tags = dict(self.tags)
+                if self.parent_run_id:
+                    tags["mlflow.parentRunId"] = self.parent_run_id
                 run = mlflow.start_run(run_name=self.run_name, tags=tags)
             else:
                 exp_id = (find_run(self.parent_run_id).info.experiment_id if self.parent_run_id
                           else experiment_id())
-                run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=tags)
+                run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=self.tags,
+                                       parent_run_id=self.parent_run_id or None)
         self.run_id = run.info.run_id
         return self
 
@@ -302,6 +389,11 @@ class EvaluationRun:
     def log_artifacts(self, folder: str | Path, artifact_path: str = names.EVALUATION) -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """A table artifact (one row per sequence) shown in the UI's artifact and evaluation views."""
+        mlflow.log_table(data=columns, artifact_file=artifact_file)
+
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
@@ -310,12 +402,22 @@ class EvaluationRun:
         log_dataset(hf_dataset, source, name, context, digest)
 
 
-def log_dataset(hf_dataset: Any, source: str, name: str, context: str, digest: str | None = None) -> None:
+def log_dataset(hf_dataset: Any, source: str, name: str, context: str, digest: str | None = None):
     """Log a `datasets.Dataset` (a frame index) as an input of the active run. `digest` replaces
     MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store."""
     with tracking_errors(f"logging the {context} dataset input"):
         dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name, digest=digest)
         mlflow.log_input(dataset, context=context)
+    return dataset
+
+
+def log_to_training_run(run_id: str, metrics: dict[str, float], step: int, model_id: str = "") -> None:
+    """Evaluation results on the training run at step = the evaluated epoch (charts against
+    epoch) and, when the epoch is a LoggedModel, on that model's page."""
+    now = int(time.time() * 1000)
+    points = [Metric(k, float(v), now, int(step), model_id=model_id or None) for k, v in metrics.items()]
+    with tracking_errors(f"logging evaluation metrics to training run {run_id}"):
+        client().log_batch(run_id, metrics=points)
 
 
 @contextlib.contextmanager
@@ -346,6 +448,56 @@ def find_run(run_id: str):
     except MlflowException:
         raise TrackingError(f"no MLflow run with id {run_id!r} in tracking store "
                             f"{mlflow.get_tracking_uri()}") from None
+
+
+MODELS_SCHEME = "models:/"
+
+
+def is_model_uri(text: str) -> bool:
+    return str(text).strip().startswith(MODELS_SCHEME)
+
+
+def resolve_model_uri(uri: str) -> tuple[str, int, str]:
+    """`models:/<name>@<alias>`, `models:/<name>/<version>` or `models:/<model_id>` -> (training
+    run id, epoch, model id) of a LoggedModel this project logged. One TrackingError line when
+    the name, alias, version or model does not exist."""
+    rest = uri.strip()[len(MODELS_SCHEME):].strip("/")
+    with tracking_errors(f"resolving {uri}"):
+        try:
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                version = client().get_model_version_by_alias(name, alias)
+            elif "/" in rest:
+                name, number = rest.split("/", 1)
+                version = client().get_model_version(name, number)
+            else:
+                version = None
+                model = client().get_logged_model(rest)
+        except MlflowException as exc:
+            what = ("registered model, alias or version" if "@" in rest or "/" in rest else "logged model")
+            raise TrackingError(f"{uri}: no such {what} in {mlflow.get_tracking_uri()} "
+                                f"({exc.error_code})") from None
+        if version is not None:
+            model_id = getattr(version, "model_id", None) or str(version.source or "").removeprefix(MODELS_SCHEME)
+            try:
+                model = client().get_logged_model(model_id)
+            except MlflowException:
+                raise TrackingError(f"{uri}: version {version.version} does not come from a logged model "
+                                    f"(source {version.source})") from None
+    epoch = model.tags.get(names.EPOCH_TAG, "")
+    if not model.source_run_id or not epoch.isdigit():
+        raise TrackingError(f"{uri}: model {model.model_id} was not logged by seqtrack training "
+                            f"(no source run or {names.EPOCH_TAG} tag)")
+    return model.source_run_id, int(epoch), model.model_id
+
+
+def epoch_models(run_id: str) -> dict[int, str]:
+    """{epoch: LoggedModel id} of a training run (its models tagged with an epoch)."""
+    with tracking_errors(f"searching the models of run {run_id}"):
+        models = mlflow.search_logged_models(experiment_ids=[find_run(run_id).info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    return {int(m.tags[names.EPOCH_TAG]): m.model_id for m in models
+            if str(m.tags.get(names.EPOCH_TAG, "")).isdigit()}
 
 
 def training_run(run_id: str, experiment: str = ""):

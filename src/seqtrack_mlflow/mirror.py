@@ -166,6 +166,8 @@ def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
 
 # -- run -> upload folder ---------------------------------------------------------------------
 def _resolve_run(run_id: str, experiment_name: str):
+    if experiment.is_model_uri(run_id):  # a registered or logged model: the run that trained it
+        run_id = experiment.resolve_model_uri(run_id)[0]
     run = experiment.training_run(run_id or experiment.latest_training_run(experiment_name), experiment_name)
     status = run.info.status
     if status != "FINISHED":

@@ -24,6 +24,7 @@ EVAL_METRICS = ("auc", "precision", "norm_precision", "mean_iou", "fps")
 KIND_TAG = "seqtrack.kind"  # what a run is: one of KINDS; only "train" runs hold checkpoints
 KINDS = ("train", "evaluate", "mirror", "download")
 ERROR_TAG = "seqtrack.error"
+EPOCH_TAG = "seqtrack.epoch"  # on evaluation runs, LoggedModels and registered versions
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
 
 # -- artifacts (paths inside a training run) ---------------------------------------------------

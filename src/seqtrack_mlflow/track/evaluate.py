@@ -66,16 +66,17 @@ class CheckpointChoice:
     path: Path
     epoch: int
     run_id: str = ""  # the training run, '' for a checkpoint file
-    reason: str = ""  # 'best epoch/val_iou=0.61', 'last', 'asked', 'file'
+    reason: str = ""  # 'best epoch/val_iou=0.61', 'last', 'asked', 'file', 'models:/...'
+    model_id: str = ""  # the epoch's MLflow LoggedModel, '' when it has none
 
 
 def parse_epoch(spec: str) -> str | int:
     spec = str(spec).strip().lower()
-    if spec in ("best", "last"):
+    if spec in ("best", "last", "all"):
         return spec
     if spec.isdigit() and int(spec) >= 1:
         return int(spec)
-    raise ConfigError(f"--epoch {spec!r}: use a number >= 1, 'last' or 'best'")
+    raise ConfigError(f"--epoch {spec!r}: use a number >= 1, 'last', 'best' or 'all'")
 
 
 def best_epoch(points: list[tuple[int, float]], available: list[int]) -> tuple[int, float] | None:
@@ -100,6 +101,11 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
     """Resolve the flags to a local checkpoint file (downloaded into dest for a run)."""
     if run_id and checkpoint:
         raise ConfigError("give either --run-id or --checkpoint, not both")
+    uri = next((x for x in (run_id, checkpoint) if experiment.is_model_uri(x)), "")
+    if uri:  # a registered or logged model: the checkpoint of its run and epoch
+        run_id, model_epoch, _ = experiment.resolve_model_uri(uri)
+        choice = choose_checkpoint(run_id, "", str(model_epoch), dest, experiment_name)
+        return dataclasses.replace(choice, reason=uri)
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -122,6 +128,8 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
         local = experiment.download_artifacts(run_id, f"{names.CHECKPOINTS}/{checkpoint_name(epoch)}", dest)
         return local if local.is_file() else local / checkpoint_name(epoch)
 
+    if spec == "all":
+        raise ConfigError("--epoch all is handled by evaluate_all")
     if isinstance(spec, int):
         if spec not in epochs:
             raise TrackingError(f"run {run_id} has no checkpoint of epoch {spec} "
@@ -165,6 +173,8 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     device = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory(prefix="seqtrack-eval-") as tmp:
         choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp), experiment_name)
+        if choice.run_id:
+            choice = dataclasses.replace(choice, model_id=experiment.epoch_models(choice.run_id).get(choice.epoch, ""))
         state = load_checkpoint(choice.path)
         model, trained = model_from_checkpoint(state, f"checkpoint {choice.path}")
         model = model.to(device)
@@ -192,8 +202,8 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     if not sequences:
         raise DataError(f"no test sequences for classes {', '.join(cfg.data.classes)}")
 
-    tags = {"seqtrack.evaluated_run": choice.run_id, "seqtrack.epoch": ckpt_epoch,
-            "seqtrack.checkpoint_sha256": digest}
+    tags = {"seqtrack.evaluated_run": choice.run_id, names.EPOCH_TAG: ckpt_epoch,
+            "seqtrack.checkpoint_sha256": digest, "seqtrack.model_id": choice.model_id}
     run_name = f"eval-epoch{ckpt_epoch}" if choice.run_id else f"eval-{choice.path.stem}"
     with experiment.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
         # Namespaced: `mlflow run -e evaluate` has logged the -P values (checkpoint, epoch, ...)
@@ -211,14 +221,21 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         tracker = SeqTrackTracker(model, tcfg, device)
         results = track_with_progress(tracker, sequences, out / "results")
         report = score_sequences(results, sequences)
-        write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences[0], results[0])
+        title = (f"run {choice.run_id[:8]} epoch {ckpt_epoch}" if choice.run_id
+                 else f"{choice.path.name} (epoch {ckpt_epoch})")
+        write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences, results, title)
         step = max(ckpt_epoch, 0)
-        metrics = {f"{names.EVAL_PREFIX}{k}": v for k, v in report["overall"].items() if k in names.EVAL_METRICS}
+        overall = {f"{names.EVAL_PREFIX}{k}": v for k, v in report["overall"].items() if k in names.EVAL_METRICS}
+        metrics = dict(overall)
         for name, s in report["sequences"].items():
             metrics.update({f"{names.EVAL_PREFIX}{name}/{k}": v for k, v in s.items() if k in names.EVAL_METRICS})
         run.log_metrics(metrics, step=step)
+        run.log_table(sequence_table(report), f"{names.EVALUATION}/sequences.json")
         run.log_artifacts(out, "evaluation")
+        if choice.run_id:  # where people look: the training run's charts (AUC against epoch), the model page
+            experiment.log_to_training_run(choice.run_id, overall, step, choice.model_id)
         report["mlflow_run_id"] = run.run_id
+        report["epoch"] = ckpt_epoch
     return report
 
 
@@ -242,9 +259,31 @@ def track_with_progress(tracker: SeqTrackTracker, sequences: list, results_dir: 
     return results
 
 
+def sequence_table(report: dict[str, Any]) -> dict[str, list]:
+    """One row per sequence (mlflow.log_table): name, scores in %, fps, frames."""
+    rows = report["sequences"]
+    return {"sequence": list(rows),
+            **{k: [round(100 * rows[n][k], 2) for n in rows] for k in ("auc", "precision", "norm_precision", "mean_iou")},
+            "fps": [round(rows[n]["fps"], 2) for n in rows], "frames": [rows[n]["frames"] for n in rows],
+            "visible_frames": [rows[n]["visible_frames"] for n in rows]}
+
+
+def evaluate_all(cfg: Config, run_id: str = "", experiment_name: str = "") -> list[dict[str, Any]]:
+    """`--epoch all`: every checkpointed epoch of a training run in turn (an AUC-vs-epoch curve on
+    the training run); one report per epoch."""
+    if experiment.is_model_uri(run_id):
+        run_id = experiment.resolve_model_uri(run_id)[0]
+    if run_id:
+        experiment.training_run(run_id, experiment_name)
+    else:
+        run_id = experiment.latest_training_run(experiment_name)
+    return [evaluate(cfg, run_id=run_id, epoch=str(e), experiment_name=experiment_name)
+            for e in experiment.checkpoint_epochs(run_id)]
+
+
 def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, epoch: int,
-                  tcfg: TrackerConfig, gif_seq: Any, gif_result: SequenceResult) -> None:
-    """metrics.json, the three plots and the GIF of the first sequence."""
+                  tcfg: TrackerConfig, sequences: list[Any], results: list[SequenceResult], title: str = "") -> None:
+    """metrics.json, the three plots and a GIF of every sequence (`title` names run and epoch)."""
     from seqtrack_mlflow.data.frames import read_frame
 
     overall: M.Curves = report["overall_curves"]
@@ -270,6 +309,7 @@ def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, e
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
-    save_plots(out, overall, report["curves"])
-    write_tracking_gif(out / f"{gif_seq.name}.gif", lambda i: read_frame(gif_seq.frame_path(i)),
-                       gif_seq.boxes, gif_result.boxes, gif_seq.visible)
+    save_plots(out, overall, report["curves"], title=title)
+    for seq, result in zip(sequences, results):
+        write_tracking_gif(out / f"{seq.name}.gif", lambda i, seq=seq: read_frame(seq.frame_path(i)),
+                           seq.boxes, result.boxes, seq.visible, title=f"{seq.name}, {title}" if title else seq.name)

@@ -25,8 +25,11 @@ from PIL import Image, ImageDraw
 from seqtrack_mlflow.geometry import xywh_to_xyxy
 from seqtrack_mlflow.track.metrics import NORM_PRECISION_AT, PRECISION_AT, Curves
 
-GT_COLOR = (0, 220, 0)
-PRED_COLOR = (255, 40, 40)
+# Saturated cyan and magenta: colours the sample scenes (and most LaSOT videos) rarely contain,
+# unlike the green/red of targets, distractors and foliage.
+GT_COLOR = (0, 255, 255)
+PRED_COLOR = (255, 0, 255)
+LEGEND_HEIGHT = 14  # px: the band under each GIF frame naming the two box colours
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
@@ -41,8 +44,8 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
     return fig, ax
 
 
-def _plot(path: str | Path, kind: str, overall: Curves, per_sequence: dict[str, Curves]) -> Path:
-    """kind: 'success' | 'precision' | 'norm_precision'."""
+def _plot(path: str | Path, kind: str, overall: Curves, per_sequence: dict[str, Curves], title: str = "") -> Path:
+    """kind: 'success' | 'precision' | 'norm_precision'; `title` (run and epoch) is appended."""
     if kind == "success":
         fig, ax = _figure("Success plot of OPE", "Overlap threshold", "Overlap Precision [%]")
         x, pick, score = overall.overlap_thresholds, (lambda c: c.success), (lambda c: c.auc)
@@ -66,6 +69,8 @@ def _plot(path: str | Path, kind: str, overall: Curves, per_sequence: dict[str, 
     ax.plot(x, 100 * pick(overall), color="black", linewidth=2.2,
             label=f"overall {label} [{100 * score(overall):.1f}]")
     ax.set_xlim(float(x[0]), float(x[-1]))
+    if title:
+        ax.set_title(f"{ax.get_title()}\n{title}", fontsize=10)
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     path = Path(path)
@@ -73,11 +78,11 @@ def _plot(path: str | Path, kind: str, overall: Curves, per_sequence: dict[str, 
     return path
 
 
-def save_plots(folder: str | Path, overall: Curves, per_sequence: dict[str, Curves]) -> list[Path]:
+def save_plots(folder: str | Path, overall: Curves, per_sequence: dict[str, Curves], title: str = "") -> list[Path]:
     """success_plot.png, precision_plot.png, norm_precision_plot.png in folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return [_plot(folder / f"{kind}_plot.png", kind, overall, per_sequence)
+    return [_plot(folder / f"{kind}_plot.png", kind, overall, per_sequence, title)
             for kind in ("success", "precision", "norm_precision")]
 
 
@@ -92,8 +97,9 @@ def gif_frame_indices(num_frames: int, max_frames: int) -> list[int]:
 def write_tracking_gif(path: str | Path, frame_at: Callable[[int], np.ndarray], gt_xywh: np.ndarray,
                        pred_xywh: np.ndarray, visible: np.ndarray | None = None,
                        max_frames: int = 40, max_side: int = 240, colors: int = 64,
-                       duration_ms: int = 100) -> int:
-    """Animated GIF of the subsampled frames with gt (green) and predicted (red) boxes.
+                       duration_ms: int = 100, title: str = "") -> int:
+    """Animated GIF of the subsampled frames with truth (cyan) and predicted (magenta) boxes,
+    a legend band under each frame and `title` (sequence, run, epoch) above it.
 
     `frame_at(i)` decodes frame i; only the kept frames are decoded. Returns the frame count.
     """
@@ -115,8 +121,26 @@ def write_tracking_gif(path: str | Path, frame_at: Callable[[int], np.ndarray], 
         draw.rectangle((xywh_to_xyxy(pred[i]) * scale).tolist(), outline=PRED_COLOR, width=2)
         # 1-based like the JPEG names; also keeps Pillow from merging two identical frames
         draw.text((3, 2), f"#{i + 1}", fill=(255, 255, 255))
-        images.append(img.convert("P", palette=Image.Palette.ADAPTIVE, colors=colors))
+        images.append(_with_legend(img, title).convert("P", palette=Image.Palette.ADAPTIVE, colors=colors))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return len(images)
+
+
+def _with_legend(img: Image.Image, title: str) -> Image.Image:
+    """The frame between a title band (if any) and a legend band: 'truth' and 'prediction' in
+    their box colours on black."""
+    top = LEGEND_HEIGHT if title else 0
+    canvas = Image.new("RGB", (img.width, img.height + top + LEGEND_HEIGHT), (0, 0, 0))
+    canvas.paste(img, (0, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((3, 2), title, fill=(255, 255, 255))
+    y = top + img.height + 2
+    x = 3
+    for label, color in (("truth", GT_COLOR), ("prediction", PRED_COLOR)):
+        draw.rectangle((x, y + 1, x + 14, y + 9), outline=color, width=2)
+        draw.text((x + 18, y), label, fill=color)
+        x += 18 + 7 * len(label) + 12
+    return canvas

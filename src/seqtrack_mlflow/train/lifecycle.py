@@ -51,7 +51,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     resume = load_resume_state(cfg) if cfg.train.resume else None
     if cfg.model.pretrained:  # a bad weights file, too, stops before a run exists
         check_pretrained(cfg)
-    run = (experiment.TrainingRun(run_name, experiment_name).start() if info.is_main
+    run = (experiment.TrainingRun(run_name, experiment_name, system_metrics=cfg.mlflow.system_metrics).start()
+           if info.is_main
            else experiment.NullRun())
     if info.is_main:
         log.info("MLflow run %s (tracking %s)", run.run_id, experiment.tracking_uri())

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # the result (where outputs go, how data is loaded, how long to train).
 RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.output_dir", "train.workers", "train.device",
                      "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
-                     "hub.private"}
+                     "hub.private", "mlflow.log_models", "mlflow.registered_model", "mlflow.alias",
+                     "mlflow.system_metrics"}
 
 
 @dataclasses.dataclass

@@ -152,6 +152,7 @@ class Trainer:
             run.log_params({f"dataset.{name}.{k}": counts[k] for k in COUNT_KEYS})
         # Training and validation rows as separate inputs, each with the digest of all its rows;
         # tags: data origin, l-lt/LaSOT commit (or 'local'), root, full index fingerprint.
+        # epoch/val_iou is logged against the validation input.
         inputs, data_tags = dataset_inputs(self.dataset, cfg.data, ("training", "validation"))
         for item in inputs:
             run.log_dataset(item.table, source=item.source, name=item.name, context=item.context,
@@ -191,11 +192,11 @@ class Trainer:
                     metrics = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
                                "seconds": time.perf_counter() - t_epoch, "lr": lr,
                                "skipped_samples": float(self.skipped)}
-                    self.history.append(metrics)
-                    run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in metrics.items()}, step=epoch)
+                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, val_iou, self.history)
+                    self.history.append(metrics)  # logged by save_checkpoint, with the epoch's model
                     log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f), "
                              "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou, metrics["seconds"])
-                    self.save_checkpoint(epoch)
+                    self.save_checkpoint(epoch, as_model)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
             if self.is_main:
@@ -207,6 +208,9 @@ class Trainer:
                              "time/logging_overhead_fraction": self.logging_seconds / max(total, 1e-9)},
                             step=self.global_samples)
             self.finish(total)
+        # The ranks leave together: one that destroys the process group while rank 0 still
+        # writes the report and registers the model can abort in gloo (seen: exit -6).
+        distributed.barrier(self.dist)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
@@ -295,7 +299,7 @@ class Trainer:
         return ValidationSamples(self.dataset, self.cfg)
 
     # -- checkpoints and the end -----------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
+    def save_checkpoint(self, epoch: int, as_model: bool = False) -> None:
         t0 = time.perf_counter()
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -315,6 +319,12 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler_state_dict"] = self.scaler.state_dict()
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(epoch), state)
+        # The epoch's LoggedModel (if this epoch is one) comes before the epoch metrics, so they
+        # are logged with its id and the held-out dataset, and the model's page shows them.
+        model_id = self.log_model(epoch, state) if as_model else ""
+        if self.history:
+            self.run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in self.history[-1].items()}, step=epoch,
+                                 model_id=model_id, dataset="validation")
         # Every metric up to this checkpoint reaches the store before its artifact does: after a
         # kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered.
         self.run.flush(wait=True)
@@ -327,7 +337,43 @@ class Trainer:
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
                  time.perf_counter() - t0)
 
+    def log_model(self, epoch: int, state: dict) -> str:
+        """The epoch's weights as an MLflow LoggedModel of the run: safetensors + config.json
+        exactly as the Hub mirror writes them, staged in a temporary folder (the checkpoint
+        stays the local copy)."""
+        import dataclasses
+        import tempfile
+
+        from seqtrack_mlflow.mirror import export_pretrained
+
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="seqtrack-model-") as tmp:
+            weights = Path(tmp) / "weights"  # the folder's name is kept in the model: artifacts/weights/
+            export_pretrained(state, weights, self.run.run_id)
+            model_id = self.run.log_epoch_model(epoch, weights, dataclasses.asdict(self.cfg.track))
+        log.info("epoch %d logged as MLflow model %s (%.2f s)", epoch, model_id, time.perf_counter() - t0)
+        return model_id
+
+    def register_best(self) -> str:
+        """The logged epoch with the highest epoch/val_iou (earliest on ties) becomes a version
+        of the registered model, with the configured alias; '' when none qualifies."""
+        m = self.cfg.mlflow
+        logged = sorted(getattr(self.run, "models", {}))
+        scored = [(self.history[e - 1]["val_iou"], e) for e in logged
+                  if e - 1 < len(self.history) and math.isfinite(self.history[e - 1]["val_iou"])]
+        if not m.registered_model or not logged:
+            return ""
+        value, epoch = max(scored, key=lambda p: (p[0], -p[1])) if scored else (math.nan, logged[-1])
+        version = self.run.register_best(epoch, m.registered_model, m.alias,
+                                         description=f"SeqTrack epoch {epoch} of run {self.run.run_id}, "
+                                                     f"epoch/val_iou {value:.4f}")
+        if version:
+            log.info("registered epoch %d (val IoU %.4f) as %s, alias %s: models:/%s@%s", epoch, value,
+                     version, m.alias, m.registered_model, m.alias)
+        return version
+
     def finish(self, total_seconds: float) -> None:
+        self.register_best()
         for p in report.save_plots(self.blocks, self.history, self.out_dir / names.PLOTS, self.no_motion_iou):
             self.run.log_artifact(p, names.PLOTS)
         text = report.render(self.cfg, self.summary, self.history, self.manifest.list(), total_seconds,
@@ -351,6 +397,17 @@ def _unwrapped(loader):
             raise
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
         raise type(exc)(last.partition(": ")[2] or last) from None
+
+
+def logs_model(mode: str, epoch: int, last_epoch: int, val_iou: float, history: list[dict[str, float]]) -> bool:
+    """Whether `epoch` becomes a LoggedModel under mlflow.log_models (all | best | last); `history`
+    holds the earlier epochs. best: the first epoch and each one that beats every earlier val IoU."""
+    if mode == "all":
+        return True
+    if mode == "last":
+        return epoch == last_epoch
+    earlier = [h["val_iou"] for h in history if math.isfinite(h["val_iou"])]
+    return not earlier or (math.isfinite(val_iou) and val_iou > max(earlier))
 
 
 class _Block:
