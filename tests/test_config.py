@@ -63,6 +63,8 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path):
     ("data.flip_prob", "1.5", ["data.flip_prob", "[0, 1]"]),
     ("data.skip_bad_sequences", "maybe", ["data.skip_bad_sequences", "true or false"]),
     ("train.lr", "fast", ["train.lr", "not a number"]),
+    ("train.schedule", "linear", ["train.schedule", "linear", "step, cosine"]),
+    ("train.warmup_steps", "-1", ["train.warmup_steps", ">= 0"]),
     ("model.pretrained", "/no/such/file.pth", ["model.pretrained", "existing weights file"]),
     ("train.nonsense", "1", ["train.nonsense", "allowed in train"]),
     ("nonsense", "1", ["nonsense", "<section>.<field>"]),
@@ -81,6 +83,11 @@ def test_lasot_accepts_every_lasot_class_but_sample_only_its_two():
         "zebra", "rubicCube")
     with pytest.raises(ConfigError, match="zebra"):
         load_config(overrides={"data.classes": "zebra"})
+
+
+def test_warm_up_needs_the_cosine_schedule():
+    with pytest.raises(ConfigError, match="warm-up needs train.schedule=cosine"):
+        load_config(overrides={"train.schedule": "step", "train.warmup_steps": "10"})
 
 
 def test_unknown_yaml_keys_and_bad_yaml_are_rejected(tmp_path):

@@ -92,7 +92,8 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
     assert child.info.status == "FINISHED"
     assert child.data.tags["seqtrack.kind"] == "evaluate"
     assert child.data.params["eval.epoch"] == "2" and "best" in child.data.params["eval.epoch_choice"]
-    for key in ("eval/auc", "eval/precision", "eval/norm_precision", "eval/mean_iou", "eval/fps"):
+    for key in ("eval/auc", "eval/precision", "eval/norm_precision", "eval/mean_iou", "eval/fps",
+                "eval/static_auc", "eval/static_precision", "eval/static_norm_precision"):
         [point] = client.get_metric_history(child.info.run_id, key)
         assert point.step == 2 and np.isfinite(point.value)
     assert client.get_metric_history(child.info.run_id, "eval/airplane-1/auc")
@@ -118,12 +119,17 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
         assert doc["sequences"][seq.name]["auc"] == pytest.approx(c.auc, abs=1e-9)
         assert doc["sequences"][seq.name]["skipped"] is False
     assert doc["overall"]["auc"] == pytest.approx(M.average_curves(curves).auc, abs=1e-9)
+    static = M.average_curves([M.sequence_curves(np.repeat(s.boxes[:1], len(s.boxes), axis=0), s.boxes,
+                                                 s.visible) for s in seqs])
+    for name, value in static.scores().items():
+        assert doc["overall"][f"static_{name}"] == pytest.approx(value, abs=1e-12)
     assert doc["overall"]["frames"] == sum(len(s) for s in seqs) and doc["overall"]["fps"] > 0
     [auc] = client.get_metric_history(child.info.run_id, "eval/auc")
     assert auc.value == pytest.approx(doc["overall"]["auc"])
     with Image.open(folder / "airplane-1.gif") as gif:
         assert gif.n_frames == len(gif_frame_indices(len(seqs[0]), 40))
-    assert "overall: AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "overall: AUC" in printed and "static box: AUC" in printed
 
     # a second evaluation of the same checkpoint reuses the finished result files
     assert run_cli("--run-id", training_run, "--epoch", "2", "--classes", "airplane",

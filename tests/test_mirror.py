@@ -25,10 +25,10 @@ from seqtrack_mlflow import experiment, hub, mirror
 from seqtrack_mlflow.cli import main
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError
-from seqtrack_mlflow.model import SeqTrack, build_seqtrack
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.uploader import EpochUploader
+from seqtrack_mlflow.model import SeqTrack, build_seqtrack
 from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint
+from seqtrack_mlflow.uploader import EpochUploader
 from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 from tests.tiny import TINY
 

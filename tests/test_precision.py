@@ -13,7 +13,6 @@ diverged would fail.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -69,6 +68,15 @@ def test_bf16_training_is_bit_identical_run_to_run(tmp_path):
     ca, cb = checkpoint(tmp_path / "a", a, 2), checkpoint(tmp_path / "b", b, 2)
     for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "metrics"):
         assert_same_tensors(ca[key], cb[key], key)
+
+
+def test_auto_precision_is_recorded_as_what_it_chose(tmp_path, monkeypatch):
+    from seqtrack_mlflow.train import device
+
+    monkeypatch.setattr(device, "native_bf16", lambda dev: True)
+    run = train(tmp_path, "--precision", "auto", train={"epochs": 1})
+    assert MlflowClient().get_run(run).data.params["train.precision"] == "bf16"
+    assert checkpoint(tmp_path, run, 1)["config"]["train"]["precision"] == "bf16"
 
 
 def test_bf16_loss_curve_tracks_fp32(tmp_path):

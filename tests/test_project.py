@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 from mlflow.projects import _project_spec  # mlflow's own MLproject loader
-
 
 from .conftest import REPO
 
@@ -58,8 +57,9 @@ def test_main_entry_point_command_resolves_to_the_default_config(tmp_path):
                          capture_output=True, text=True).stdout
     resolved = yaml.safe_load(out)
     assert resolved["train"]["epochs"] == 3 and resolved["seed"] == 8
-    assert resolved["model"]["patch_size"] == 8 and resolved["data"]["samples_per_epoch"] == 2000
+    assert resolved["model"]["patch_size"] == 8 and resolved["data"]["samples_per_epoch"] == 6000
     assert resolved["data"]["classes"] == ["airplane", "bicycle"]
+    assert resolved["train"]["precision"] == "auto"  # resolved (bf16 or fp32) when training starts
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

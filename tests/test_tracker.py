@@ -10,12 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
+from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from seqtrack_mlflow.errors import DataError
 from seqtrack_mlflow.geometry import clip_box, target_window, xywh_to_cxcywh
-from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from seqtrack_mlflow.track.tracker import (SeqTrackTracker, TrackerConfig,
-                                           load_results, result_paths, run_sequence, save_results,
-                                           track_frames)
+from seqtrack_mlflow.track.tracker import (
+    SeqTrackTracker,
+    TrackerConfig,
+    load_results,
+    result_paths,
+    run_sequence,
+    save_results,
+    track_frames,
+)
 
 H, W = 150, 200
 COLOR = np.array([230, 200, 40], dtype=np.uint8)

@@ -20,8 +20,13 @@ from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.sample import ensure_sample_data
 from seqtrack_mlflow.errors import ConfigError
 from seqtrack_mlflow.geometry import crop_image, crop_official, map_box_back, target_window
-from seqtrack_mlflow.track.tracker import (SeqTrackTracker, TrackerConfig, hanning_window,
-                                           official_model_input, track_frames)
+from seqtrack_mlflow.track.tracker import (
+    SeqTrackTracker,
+    TrackerConfig,
+    hanning_window,
+    official_model_input,
+    track_frames,
+)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(1, 3, 1, 1)

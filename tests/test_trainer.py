@@ -15,9 +15,10 @@ from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.errors import ConfigError
 from seqtrack_mlflow.train.checkpoint import load_checkpoint
+from seqtrack_mlflow.train.device import resolve_device, resolve_precision
 from seqtrack_mlflow.train.progress import BLOCK_RE
-from seqtrack_mlflow.train.device import resolve_device
 from seqtrack_mlflow.train.resume import load_resume_state
+from seqtrack_mlflow.train.trainer import cosine_factor
 
 from .conftest import REPO
 from .tiny import write_tiny_config
@@ -105,6 +106,48 @@ def test_resume_after_epoch_k_is_bit_identical_to_never_stopping(tmp_path, resum
     log_text = (tmp_path / "part" / "outputs" / resumed / "training_log.txt").read_text()
     assert [int(b.group(1)) for b in BLOCK_RE.finditer(log_text)] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert not list(tmp_path.glob("seqtrack-resume-*")), "the downloaded checkpoints were left behind"
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    assert [cosine_factor(s, warmup=4, total=12) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine_factor(4, warmup=4, total=12) == 1.0
+    assert cosine_factor(8, warmup=4, total=12) == pytest.approx(0.5, abs=1e-12)
+    assert cosine_factor(12, warmup=4, total=12) == pytest.approx(0.0, abs=1e-12)
+    values = [cosine_factor(s, warmup=4, total=12) for s in range(4, 13)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_cosine_lr_reaches_zero_at_the_last_step_and_resume_is_bit_identical(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cosine = {"schedule": "cosine", "warmup_steps": 2}
+    full = train(tmp_path / "full", train=cosine)
+    # The schedule is stepped after every optimizer step (TINY: 40 samples / batch 8 = 5 steps
+    # per epoch): after 3 epochs x 5 steps the lr is at 0.
+    state = checkpoint(tmp_path / "full", full, 3)["scheduler_state_dict"]
+    assert state["last_epoch"] == 15 and state["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+    # The horizon is train.epochs, so a cosine resume keeps it: continue from the full run's epoch 1.
+    ckpt = tmp_path / "full" / "outputs" / full / "checkpoints" / "epoch_1.ckpt"
+    resumed = train(tmp_path / "part", "--resume", str(ckpt), train=cosine)
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_resume_state(load_config(write_tiny_config(tmp_path / "other", train={**cosine, "epochs": 4}),
+                                      {"train.resume": str(ckpt)}))
+    assert metrics(resumed) == metrics(full)
+    a, b = checkpoint(tmp_path / "full", full, 3), checkpoint(tmp_path / "part", resumed, 3)
+    for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "rng", "metrics"):
+        assert_same_tensors(a[key], b[key], key)
+
+
+def test_precision_auto_picks_bf16_only_with_native_bf16(monkeypatch):
+    from seqtrack_mlflow.train import device as device_module
+
+    cfg = load_config(None, {"train.precision": "auto"})
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    assert resolve_precision(cfg, cpu).train.precision == "bf16"
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    assert resolve_precision(cfg, cpu).train.precision == "fp32"
+    fixed = load_config(None, {"train.precision": "fp32"})
+    assert resolve_precision(fixed, cpu) is fixed
 
 
 def test_resume_refuses_a_different_config(tmp_path, monkeypatch):

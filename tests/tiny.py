@@ -14,7 +14,7 @@ TINY = {
               "embed_dim": 32, "depth": 1, "num_heads": 2, "bins": 64, "decoder_dim": 32,
               "decoder_layers": 1, "decoder_heads": 2, "decoder_ffn": 64, "dropout": 0.1},
     "train": {"epochs": 3, "batch_size": 8, "workers": 0, "lr": 5.0e-4, "encoder_lr_mult": 1.0,
-              "lr_drop_epoch": 2, "log_every": 16},
+              "schedule": "step", "warmup_steps": 0, "lr_drop_epoch": 2, "log_every": 16, "precision": "fp32"},
 }
 
 

@@ -35,7 +35,7 @@ TRAIN_FLAGS = {
     "--batch-size": ("train.batch_size", "samples per optimizer step"),
     "--workers": ("train.workers", "data loader worker processes"),
     "--nproc": ("train.nproc", "data-parallel processes (torchrun, gloo on CPU / nccl on GPU)"),
-    "--precision": ("train.precision", "fp32 | bf16 | fp16"),
+    "--precision": ("train.precision", "auto (bf16 if native, else fp32) | fp32 | bf16 | fp16"),
     "--resume": ("train.resume", "checkpoint path or MLflow run id to continue from"),
     "--patch-size": ("model.patch_size", "ViT patch size in pixels"),
     "--samples-per-epoch": ("data.samples_per_epoch", "training samples per epoch"),
@@ -156,6 +156,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'overall':>16}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
           f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  "
           f"({o['sequences']} sequences, {o['frames']} frames; MLflow run {report['mlflow_run_id']})")
+    print(f"{'static box':>16}: AUC {100 * o['static_auc']:5.1f}  P {100 * o['static_precision']:5.1f}  "
+          f"Pnorm {100 * o['static_norm_precision']:5.1f}  (the first-frame box on every frame)")
     return 0
 
 

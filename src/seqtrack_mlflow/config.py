@@ -42,7 +42,8 @@ LASOT_CLASSES = (
 # The bundled procedural data only draws these two classes.
 SAMPLE_CLASSES = ("airplane", "bicycle")
 DATA_SOURCES = ("sample", "lasot")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+SCHEDULES = ("step", "cosine")
 PRESETS = ("default", "seqtrack_b256")
 # Bounds on values that are legal in type but absurd in practice (they would overflow or run
 # for years); each error message names the bound.
@@ -152,13 +153,20 @@ class TrainConfig:
     device: str
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     precision: str
-    """'fp32', 'bf16' (autocast; CPU or CUDA) or 'fp16' (CUDA AMP)."""
+    """'fp32', 'bf16' (autocast; CPU or CUDA), 'fp16' (CUDA AMP) or 'auto': bf16 where the
+    hardware computes it natively (CPU with AVX512-BF16 or AMX, CUDA with bf16 support), else
+    fp32; resolved once at start-up and recorded in the run's config."""
     lr: float
     """AdamW learning rate of the decoder and heads (official 1e-4)."""
     encoder_lr_mult: float
     """Encoder lr = lr * this (official ENCODER_MULTIPLIER 0.1)."""
     weight_decay: float
     """AdamW weight decay (official 1e-4)."""
+    schedule: str
+    """'step' (official: x lr_drop_factor after lr_drop_epoch, counted in epochs) or 'cosine'
+    (per optimizer step, from lr after the warm-up down to 0 at the last step)."""
+    warmup_steps: int
+    """Optimizer steps of linear lr warm-up from 0 (cosine schedule only; official: none)."""
     lr_drop_epoch: int
     """Epoch after which lr is multiplied by lr_drop_factor (official 400 of 500)."""
     lr_drop_factor: float
@@ -490,6 +498,10 @@ def validate(cfg: Config) -> None:
     _need(t.lr > 0, "train.lr", t.lr, "use > 0")
     _need(t.encoder_lr_mult >= 0, "train.encoder_lr_mult", t.encoder_lr_mult, "use >= 0")
     _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use >= 0")
+    _need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"use one of {', '.join(SCHEDULES)}")
+    _need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "use an integer >= 0")
+    _need(t.warmup_steps == 0 or t.schedule == "cosine", "train.warmup_steps", t.warmup_steps,
+          "warm-up needs train.schedule=cosine; use 0 with the step schedule")
     _need(t.lr_drop_epoch >= 1, "train.lr_drop_epoch", t.lr_drop_epoch, "use >= 1")
     _need(0 < t.lr_drop_factor <= 1, "train.lr_drop_factor", t.lr_drop_factor, "use a value in (0, 1]")
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")

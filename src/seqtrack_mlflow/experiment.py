@@ -29,7 +29,8 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.errors import TrackingError
-from seqtrack_mlflow.train.checkpoint import checkpoint_epochs as _epochs_of, checkpoint_name
+from seqtrack_mlflow.train.checkpoint import checkpoint_epochs as _epochs_of
+from seqtrack_mlflow.train.checkpoint import checkpoint_name
 
 log = logging.getLogger(__name__)
 

@@ -54,8 +54,8 @@ import yaml
 
 from seqtrack_mlflow import experiment, hub, names
 from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
-from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
 from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
 from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
 EVAL_PREFIX = "eval/"
-EVAL_METRICS = ("auc", "precision", "norm_precision", "mean_iou", "fps")
+EVAL_METRICS = ("auc", "precision", "norm_precision", "mean_iou", "fps",
+                "static_auc", "static_precision", "static_norm_precision")  # static: the first-frame box
 
 # -- tags ----------------------------------------------------------------------------------------
 KIND_TAG = "seqtrack.kind"  # what a run is: one of KINDS; only "train" runs hold checkpoints

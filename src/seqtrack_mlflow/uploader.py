@@ -16,8 +16,15 @@ from typing import Any
 from seqtrack_mlflow import hub
 from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.mirror import (CONFIG_NAME, MANIFEST, MANIFEST_FORMAT, WEIGHTS_NAME, export_pretrained,
-                                    resume_path, weights_dir)
+from seqtrack_mlflow.mirror import (
+    CONFIG_NAME,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    WEIGHTS_NAME,
+    export_pretrained,
+    resume_path,
+    weights_dir,
+)
 from seqtrack_mlflow.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

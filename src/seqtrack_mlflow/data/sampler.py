@@ -42,9 +42,18 @@ from torch.utils.data import Dataset
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.frames import crop_scaled, needed_fraction, read_frame, read_frame_scaled
 from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
-from seqtrack_mlflow.data.transforms import (box_to_target, crop_around, crop_side_ok, flip_crop,
-                                             flip_frame, jitter_box, label_extent, to_grayscale,
-                                             to_grayscale_frame, to_tensor)
+from seqtrack_mlflow.data.transforms import (
+    box_to_target,
+    crop_around,
+    crop_side_ok,
+    flip_crop,
+    flip_frame,
+    jitter_box,
+    label_extent,
+    to_grayscale,
+    to_grayscale_frame,
+    to_tensor,
+)
 from seqtrack_mlflow.errors import DataError
 from seqtrack_mlflow.geometry import iou_xywh, target_window
 

@@ -149,18 +149,23 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
 
 def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict[str, Any]:
     """metrics.json content: per sequence and overall scores, and the overall curves."""
-    per_seq, curves = {}, {}
+    per_seq, curves, static_curves = {}, {}, []
     for res, seq in zip(results, sequences):
         c = M.sequence_curves(res.boxes, seq.boxes, seq.visible)
         curves[seq.name] = c
-        per_seq[seq.name] = {**c.scores(), "mean_iou": M.mean_iou(res.boxes, seq.boxes, seq.visible),
+        # The floor: the first-frame box on every frame, scored with the same code.
+        static = M.sequence_curves(M.static_predictions(seq.boxes), seq.boxes, seq.visible)
+        static_curves.append(static)
+        per_seq[seq.name] = {**c.scores(), **{f"static_{k}": v for k, v in static.scores().items()},
+                             "mean_iou": M.mean_iou(res.boxes, seq.boxes, seq.visible),
                              "fps": res.fps, "frames": len(seq.boxes),
                              "visible_frames": int(np.asarray(seq.visible).sum()),
                              "skipped": res.skipped}
     overall = M.average_curves(list(curves.values()))
     frames = sum(len(r.times) for r in results)
     seconds = float(sum(r.times.sum() for r in results))
-    summary = {**overall.scores(),
+    static_overall = M.average_curves(static_curves)
+    summary = {**overall.scores(), **{f"static_{k}": v for k, v in static_overall.scores().items()},
                "mean_iou": float(np.mean([s["mean_iou"] for s in per_seq.values()])),
                "fps": frames / seconds if seconds > 0 else float("inf"),
                "frames": frames, "sequences": len(results)}
@@ -298,6 +303,7 @@ def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, e
             "invalid_frames": "invisible or zero-size gt: failures, kept in the denominator (pytracking)",
             "overall": "mean of per-sequence curves (equal weight per sequence)",
             "fps": "frames / tracking seconds, frame decoding excluded",
+            "static_*": "the same scores of a tracker that outputs the first-frame box on every frame",
         },
         "overall": report["overall"],
         "sequences": report["sequences"],

@@ -197,6 +197,17 @@ def sequence_curves(pred_xywh: np.ndarray, gt_xywh: np.ndarray, visible: np.ndar
     )
 
 
+def static_predictions(gt_xywh: np.ndarray) -> np.ndarray:
+    """The boxes of a tracker that never moves: the first frame's (given) box on every frame.
+
+    Scored like any tracker, it is the floor a learned tracker must clear on a benchmark: on
+    slow targets it already overlaps for a while (evaluate logs it as `eval/static_*`)."""
+    gt = _check_boxes("ground truth", gt_xywh)
+    if gt.shape[0] == 0:
+        raise ValueError("empty sequence")
+    return np.repeat(gt[:1], gt.shape[0], axis=0)
+
+
 def mean_iou(pred_xywh: np.ndarray, gt_xywh: np.ndarray, visible: np.ndarray | None = None) -> float:
     """Average overlap over valid frames (extract_results' `avg_overlap_all`)."""
     err = sequence_errors(pred_xywh, gt_xywh, visible)

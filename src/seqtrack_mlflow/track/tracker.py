@@ -50,8 +50,14 @@ import torch
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from seqtrack_mlflow.errors import ConfigError, DataError
-from seqtrack_mlflow.geometry import (clip_box, crop_image, crop_official, cxcywh_to_xywh,
-                                      map_box_back, target_window)
+from seqtrack_mlflow.geometry import (
+    clip_box,
+    crop_image,
+    crop_official,
+    cxcywh_to_xywh,
+    map_box_back,
+    target_window,
+)
 from seqtrack_mlflow.model import tokens_to_boxes
 
 log = logging.getLogger(__name__)

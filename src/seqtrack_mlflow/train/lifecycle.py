@@ -16,7 +16,7 @@ from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.train import distributed
 from seqtrack_mlflow.train.checkpoint import list_checkpoints
 from seqtrack_mlflow.train.determinism import seed_everything
-from seqtrack_mlflow.train.device import check_precision, resolve_device
+from seqtrack_mlflow.train.device import check_precision, resolve_device, resolve_precision
 from seqtrack_mlflow.train.resume import first_line, load_resume_state
 from seqtrack_mlflow.train.signals import StopFlag, StopRequested
 from seqtrack_mlflow.train.trainer import Trainer
@@ -41,6 +41,7 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     """Train `cfg` in one MLflow run, always closed; returns the report (main rank) or ''.
     Raises SystemExit-free: StopRequested for a signal, the original error for a failure."""
     device = resolve_device(cfg.train.device)
+    cfg = resolve_precision(cfg, device)
     check_precision(device, cfg.train.precision)  # before a run exists
     info = distributed.init(device.type)
     if info.enabled and device.type == "cuda":

@@ -23,8 +23,13 @@ from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, TrackingError
 from seqtrack_mlflow.model.load import checkpoint_config
-from seqtrack_mlflow.train.checkpoint import (check_resumable, checkpoint_name, load_checkpoint,
-                                              remove_stale_temp_files, verify_checkpoint)
+from seqtrack_mlflow.train.checkpoint import (
+    check_resumable,
+    checkpoint_name,
+    load_checkpoint,
+    remove_stale_temp_files,
+    verify_checkpoint,
+)
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
 log = logging.getLogger(__name__)
@@ -193,7 +198,9 @@ def _download(run_id: str, folder: Path) -> ResumeState:
 def check_resume_config(cfg: Config, state: dict[str, Any], spec: str) -> None:
     saved = checkpoint_config(state, f"resume: {spec}").flat()
     now = cfg.flat()
-    changed = sorted(k for k in now if now[k] != saved.get(k) and k not in RESUMABLE_CHANGES)
+    # A cosine schedule's horizon is the epoch count: more epochs would change the lr already used.
+    resumable = RESUMABLE_CHANGES - ({"train.epochs"} if cfg.train.schedule == "cosine" else set())
+    changed = sorted(k for k in now if now[k] != saved.get(k) and k not in resumable)
     if changed:
         diffs = ", ".join(f"{k}={saved.get(k)!r} in checkpoint vs {now[k]!r}" for k in changed)
         raise ConfigError(f"resume: the config differs from the checkpoint's ({diffs}); an exact "

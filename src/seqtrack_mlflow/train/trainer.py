@@ -14,6 +14,7 @@ batch; only the main rank (`is_main`) validates, logs and writes files, and the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,13 +51,28 @@ class NonFiniteLoss(SeqTrackError):
     """The loss became NaN or inf; training stops, the last good checkpoint is kept."""
 
 
-def build_optimizer(model: torch.nn.Module, t: TrainConfig):
-    """AdamW over the model's (decoder, encoder) groups and the epoch-counted StepLR."""
+def cosine_factor(step: int, warmup: int, total: int) -> float:
+    """lr multiplier after `step` optimizer steps: linear warm-up from 0 over `warmup` steps,
+    then half a cosine down to 0 at `total` (SGDR, Loshchilov & Hutter 2017, without restarts;
+    the warm-up as in Goyal et al. 2017)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig, steps_per_epoch: int = 1):
+    """AdamW over the model's (decoder, encoder) groups and the lr schedule: the official
+    StepLR counted in epochs ('step'), or warm-up + cosine counted in optimizer steps."""
     # fused: one kernel for all parameters, same AdamW math; torch's CPU default is a Python
     # loop per tensor (x4 slower for B256, benchmarks/speed.py).
     optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.encoder_lr_mult, t.weight_decay), lr=t.lr,
                                   weight_decay=t.weight_decay, fused=True)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_drop_epoch, gamma=t.lr_drop_factor)
+    if t.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_drop_epoch, gamma=t.lr_drop_factor)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            cosine_factor, warmup=t.warmup_steps, total=t.epochs * steps_per_epoch))
     return optimizer, scheduler
 
 
@@ -103,7 +119,8 @@ class Trainer:
         # (validation, checkpoints, param groups) uses the plain model.
         self.actor = SeqTrackActor(DistributedDataParallel(self.model) if dist.enabled else self.model,
                                    cfg.model.bins)
-        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.train)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model, cfg.train, math.ceil(cfg.data.samples_per_epoch / cfg.train.batch_size))
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         if resume is not None:
             self._restore(resume)
@@ -187,7 +204,8 @@ class Trainer:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
                     best = max([h["val_iou"] for h in self.history] + [val_iou])
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-                self.scheduler.step()  # StepLR counted in epochs
+                if cfg.train.schedule == "step":
+                    self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
                     metrics = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
                                "seconds": time.perf_counter() - t_epoch, "lr": lr,
@@ -234,6 +252,8 @@ class Trainer:
             self.skipped += int(batch.pop("skipped").sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device, cfg.train)
+            if cfg.train.schedule == "cosine":  # counted in optimizer steps
+                self.scheduler.step()
             n = batch["search"].shape[0] * world  # global samples in this step (equal shards)
             block.add(loss.detach(), n, stats["pred_tokens"], batch["box"])
             epoch_loss += loss.detach().double() * n
