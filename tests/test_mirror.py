@@ -515,3 +515,40 @@ def test_training_with_push_every_epoch_then_mirror(hub_env, tmp_path, monkeypat
     assert f"run-{run_id[:8]}" in hub_env.tags(REPO) and "README.md" in hub_env.tree(REPO)
     model = SeqTrack.from_pretrained(REPO, revision=f"run-{run_id[:8]}")
     assert model.cfg.embed_dim == TINY["model"]["embed_dim"]
+
+
+# -- two mirrors of one run at once --------------------------------------------------------------------
+def test_a_mirror_overtaken_by_another_of_the_same_run_tags_the_final_commit(hub_env, tmp_path, monkeypatch):
+    """Interleaving of two concurrent mirrors, made deterministic: right after this mirror's
+    commit, the other one commits too (same run, so the same manifest). The one that finishes
+    last must leave hub.commit and the run tag on the branch's final commit, not its own."""
+    run_id, _ = make_run(tmp_path)
+    real_upload = hub.upload_folder
+
+    def overtaken(*args, **kwargs):
+        result = real_upload(*args, **kwargs)
+        hub_env.add_files(REPO, {"notes/other-mirror.txt": b"committed by the other mirror\n"},
+                          message="the other mirror's commit")
+        return result
+
+    monkeypatch.setattr(hub, "upload_folder", overtaken)
+    assert mirror_cli(run_id) == 0
+    final = hub_env.head(REPO)
+    assert experiment.find_run(run_id).data.tags["hub.commit"] == final
+    assert hub_env.tags(REPO)[f"run-{run_id[:8]}"] == final
+
+
+def test_a_later_commit_of_another_run_is_not_claimed(hub_env, tmp_path, monkeypatch):
+    run_id, _ = make_run(tmp_path)
+    real_upload = hub.upload_folder
+    own = {}
+
+    def overtaken(*args, **kwargs):
+        result = real_upload(*args, **kwargs)
+        own["commit"] = result.commit
+        hub_env.add_files(REPO, {"manifest.json": json.dumps({"mlflow_run_id": "someone-else"}).encode()})
+        return result
+
+    monkeypatch.setattr(hub, "upload_folder", overtaken)
+    assert mirror_cli(run_id) == 0
+    assert experiment.find_run(run_id).data.tags["hub.commit"] == own["commit"] != hub_env.head(REPO)

@@ -66,6 +66,7 @@ MANIFEST_FORMAT = "seqtrack-mlflow-hub/1"
 CONFIG_NAME = "config.json"  # = model.seqtrack.HUB_CONFIG_NAME (not imported: keeps torch-free)
 WEIGHTS_NAME = "model.safetensors"  # = model.seqtrack.HUB_WEIGHTS_NAME
 # Run artifacts uploaded as they are (a missing one is reported, not fatal).
+MAX_TAG_ROUNDS = 5  # re-reads of the branch head after a mirror's commit (concurrent mirrors)
 RUN_FILES = ("training_log.txt", "report.md", "config.yaml", "dataset_summary.json")
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
 EPOCH_METRICS = {column: f"{names.EPOCH_PREFIX}{column}"
@@ -389,15 +390,35 @@ def mirror_run(run_id: str = "", repo_id: str = "", experiment_name: str = "", r
     else:
         log.info("already up to date at commit %s: %s holds every file of run %s; nothing uploaded",
                  result.commit, result.repo_url, run_id)
-    if hub.tag_commit(repo_id, tag, result.commit, token, endpoint=endpoint,
-                      message=f"MLflow run {run_id}"):
-        log.info("tagged commit %s as %s", result.commit, tag)
-    experiment.set_run_tags(run_id, {"hub.repo_url": result.repo_url, "hub.repo_id": repo_id,
-                                   "hub.revision": revision or "main", "hub.commit": result.commit,
-                                   "hub.tag": tag})
+    commit = result.commit
+    # Another mirror of this run may have committed after this one (two at once): tag the
+    # branch's final commit, and re-read the branch until it stays put, so whichever process
+    # finishes last leaves hub.commit and the Hub tag on the final commit.
+    for _ in range(MAX_TAG_ROUNDS):
+        if hub.tag_commit(repo_id, tag, commit, token, endpoint=endpoint, message=f"MLflow run {run_id}"):
+            log.info("tagged commit %s as %s", commit, tag)
+        experiment.set_run_tags(run_id, {"hub.repo_url": result.repo_url, "hub.repo_id": repo_id,
+                                         "hub.revision": revision or "main", "hub.commit": commit,
+                                         "hub.tag": tag})
+        head = hub.head_commit(repo_id, token, endpoint=endpoint, revision=revision)
+        if head in (None, commit) or _manifest_run(repo_id, head, token, endpoint) != run_id:
+            break
+        log.info("another mirror of run %s committed %s after %s: tagging the final commit", run_id, head, commit)
+        commit = head
     log.info("tagged MLflow run %s with hub.repo_url, hub.commit and hub.tag", run_id)
-    return MirrorResult(run_id, result.repo_url, result.commit, result.changed, result.files,
+    return MirrorResult(run_id, result.repo_url, commit, result.changed, result.files,
                         deleted=result.deleted, tag=tag, best_epoch=manifest["best_epoch"], bytes=total)
+
+
+def _manifest_run(repo_id: str, commit: str, token: str | None, endpoint: str | None) -> str:
+    """The MLflow run id recorded in the repo's manifest.json at `commit` ('' if none)."""
+    with tempfile.TemporaryDirectory(prefix="seqtrack-head-") as tmp:
+        try:
+            path = hub.download_file(repo_id, MANIFEST, "model", tmp, token=token, endpoint=endpoint,
+                                     revision=commit)
+            return str(json.loads(path.read_text(encoding="utf-8")).get("mlflow_run_id", ""))
+        except (hub.RemoteFileMissing, ValueError, AttributeError):
+            return ""
 
 
 # -- fetch back -------------------------------------------------------------------------------
