@@ -231,13 +231,13 @@ class TrainingRun:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def store_once(self, path: Path, artifact_path: str) -> None:
-        """After `log_artifact(path, artifact_path)`: keep the bytes once. On a local artifact
-        store the local file becomes a hard link to the logged copy; on a remote store the
-        local copy is removed (the store holds it, and resume downloads it from there)."""
+        """After `log_artifact(path, artifact_path)`: keep the bytes once on this disk. On a
+        local artifact store the local file becomes a hard link to the logged copy. A remote
+        store's copy lives on another machine, so the local one stays: it is what a resume uses
+        when the server is down (a crash must lose nothing)."""
         uri = mlflow.get_artifact_uri(f"{artifact_path}/{path.name}")
         parsed = urllib.parse.urlparse(uri)
         if parsed.scheme not in ("", "file"):
-            path.unlink()
             return
         stored = Path(urllib.parse.unquote(parsed.path))
         tmp = path.with_name(f".{path.name}.link.tmp")

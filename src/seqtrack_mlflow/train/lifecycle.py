@@ -78,7 +78,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
             trainer.fit()
     except StopRequested as exc:
         done = list_checkpoints(ckpt_dir) if info.is_main else []
-        how = (f"epoch {exc.epoch} will restart from {done[-1]}: resume with --resume {run.run_id}" if done
+        how = (f"epoch {exc.epoch} will restart from the last complete checkpoint ({done[-1]}): resume with "
+               f"--resume {run.run_id}" if done
                else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
         log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
                   "KILLED; %s", signal.Signals(exc.signum).name, exc.epoch, exc.samples, run.run_id, how)

@@ -339,6 +339,8 @@ class Trainer:
         if self.scaler.is_enabled():
             state["scaler_state_dict"] = self.scaler.state_dict()
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(epoch), state)
+        # Listed at once: if the tracking store fails below, the local file is still verifiable.
+        self.manifest.add(path, epoch)
         # The epoch's LoggedModel (if this epoch is one) comes before the epoch metrics, so they
         # are logged with its id and the held-out dataset, and the model's page shows them.
         model_id = self.log_model(epoch, state) if as_model else ""
@@ -348,7 +350,6 @@ class Trainer:
         # Every metric up to this checkpoint reaches the store before its artifact does: after a
         # kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered.
         self.run.flush(wait=True)
-        self.manifest.add(path, epoch)
         self.run.log_artifact(path, names.CHECKPOINTS)
         self.run.log_artifact(self.manifest.path, names.CHECKPOINTS)
         if self.checkpoint_hook is not None:
