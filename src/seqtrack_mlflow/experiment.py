@@ -70,10 +70,6 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def mlflow_version() -> str:
-    return mlflow.__version__
-
-
 @contextlib.contextmanager
 def tracking_errors(action: str) -> Iterator[None]:
     """A tracking store that cannot be reached (server down, network) or refuses a write: one
