@@ -168,7 +168,8 @@ _LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
                 TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters (its type name if it has no text)."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
@@ -189,22 +190,22 @@ def read_torch_file(path: str | Path) -> Any:
         refusal = exc
     except _LOAD_ERRORS as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+                              f"({type(exc).__name__}: {first_line(exc)})") from None
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except (*_LOAD_ERRORS, pickle.UnpicklingError):
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
-                              f"({_first_line(refusal)})") from None
+                              f"({first_line(refusal)})") from None
     unknown = sorted(set(names) - set(_OFFICIAL_GLOBALS))
     if not names or unknown:
-        detail = f"unknown object types {unknown}" if unknown else _first_line(refusal)
+        detail = f"unknown object types {unknown}" if unknown else first_line(refusal)
         raise CheckpointError(f"checkpoint {str(path)!r} holds objects that are not plain data and was "
                               f"refused (it could execute code): {detail}") from None
     try:
         with torch.serialization.safe_globals([(_OFFICIAL_GLOBALS[n], n) for n in names]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except (*_LOAD_ERRORS, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: {first_line(exc)}") from None
 
 
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:

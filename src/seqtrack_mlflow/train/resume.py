@@ -26,6 +26,7 @@ from seqtrack_mlflow.model.load import checkpoint_config
 from seqtrack_mlflow.train.checkpoint import (
     check_resumable,
     checkpoint_name,
+    first_line,
     load_checkpoint,
     remove_stale_temp_files,
     verify_checkpoint,
@@ -135,11 +136,6 @@ def _unfinished(resume: ResumeState, cfg: Config) -> bool:
 # What restoring a damaged (but safely loaded) state raises from torch's load_state_dict /
 # set_rng_state and the plain-data accesses around them.
 _RESTORE_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def check_restorable(cfg: Config, state: dict[str, Any], spec: str) -> None:
