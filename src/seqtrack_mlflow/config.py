@@ -173,6 +173,11 @@ class TrainConfig:
     """Step-schedule decay (official 0.1)."""
     grad_clip: float
     """Max gradient norm (official 0.1); 0 disables clipping."""
+    label_rounding: str
+    """How box coordinates become token labels: 'floor' (official, floor(x * (bins - 1))) or
+    'nearest' (floor(x * (bins - 1) + 0.5)). The tracker decodes token / (bins - 1), so floor
+    labels bias every coordinate half a bin low: negligible with the official 4000 bins, a
+    box that shrinks ~2% a frame in closed loop with 64 (benchmarks/results/learning.md)."""
     log_every: int
     """Samples between progress blocks (the assignment's 50; README 'What the main job does')."""
     output_dir: str
@@ -181,6 +186,7 @@ class TrainConfig:
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
 
 
+LABEL_ROUNDINGS = ("floor", "nearest")
 TRACK_GEOMETRIES = ("official", "exact-corner")
 
 
@@ -505,6 +511,8 @@ def validate(cfg: Config) -> None:
     _need(t.lr_drop_epoch >= 1, "train.lr_drop_epoch", t.lr_drop_epoch, "use >= 1")
     _need(0 < t.lr_drop_factor <= 1, "train.lr_drop_factor", t.lr_drop_factor, "use a value in (0, 1]")
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
+    _need(t.label_rounding in LABEL_ROUNDINGS, "train.label_rounding", t.label_rounding,
+          f"use one of {', '.join(LABEL_ROUNDINGS)}")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")
     _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
     _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",

@@ -49,12 +49,16 @@ def start_token(bins: int) -> int:
 # Box tokenizer (official lib/train/actors/seqtrack.py, forward_pass)
 
 
-def boxes_to_sequences(box_cxcywh: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def boxes_to_sequences(box_cxcywh: torch.Tensor, bins: int,
+                       rounding: str = "floor") -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (B, 4) as (cx, cy, w, h) normalised to the search crop -> decoder sequences.
 
     As the official actor: the box is clipped to the crop in corner form (a target partly
     outside the crop becomes its visible part), then each coordinate is quantised as
-    floor(x * (bins - 1)), so 0 -> bin 0 and 1 -> bin bins-1.
+    floor(x * (bins - 1)) (rounding="floor", official), so 0 -> bin 0 and 1 -> bin bins-1.
+    The tracker decodes a token as token / (bins - 1), so floor labels teach every coordinate
+    half a bin too low; rounding="nearest" (floor(x * (bins - 1) + 0.5)) removes that bias,
+    which matters with few bins (train.label_rounding, README).
     Returns seq_input (B, 5) = [START, cx, cy, w, h] and seq_target (B, 5) = [cx, cy, w, h, END].
     """
     assert box_cxcywh.ndim == 2 and box_cxcywh.shape[1] == 4, \
@@ -66,7 +70,8 @@ def boxes_to_sequences(box_cxcywh: torch.Tensor, bins: int) -> tuple[torch.Tenso
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).clamp(0.0, 1.0)  # (B, 4)
     x0, y0, x1, y1 = xyxy.unbind(-1)
     box = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)  # (B, 4) in [0, 1]
-    tokens = torch.floor(box * (bins - 1)).long().clamp(0, bins - 1)  # (B, 4)
+    offset = {"floor": 0.0, "nearest": 0.5}[rounding]
+    tokens = torch.floor(box * (bins - 1) + offset).long().clamp(0, bins - 1)  # (B, 4)
     B = tokens.shape[0]
     start = torch.full((B, 1), start_token(bins), dtype=torch.long, device=tokens.device)
     end = torch.full((B, 1), end_token(bins), dtype=torch.long, device=tokens.device)

@@ -13,13 +13,14 @@ from seqtrack_mlflow.model import boxes_to_sequences, seqtrack_loss
 
 
 class SeqTrackActor:
-    def __init__(self, model: torch.nn.Module, bins: int):
+    def __init__(self, model: torch.nn.Module, bins: int, label_rounding: str = "floor"):
         self.model = model
         self.bins = bins
+        self.label_rounding = label_rounding
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch: templates (B, T, 3, Ht, Wt), search (B, 3, Hs, Ws), box (B, 4) cxcywh in [0, 1]."""
-        seq_input, seq_target = boxes_to_sequences(batch["box"], self.bins)  # (B, 5), (B, 5)
+        seq_input, seq_target = boxes_to_sequences(batch["box"], self.bins, self.label_rounding)  # (B, 5), (B, 5)
         templates = list(batch["templates"].unbind(1))                       # T x (B, 3, Ht, Wt)
         logits = self.model(templates, batch["search"], seq_input)           # (B, 5, bins + 2)
         loss = seqtrack_loss(logits, seq_target, self.bins)

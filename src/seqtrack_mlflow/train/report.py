@@ -11,9 +11,16 @@ import torch
 from matplotlib.figure import Figure  # a Figure object: no global backend, never a window
 
 from seqtrack_mlflow import names, provenance
-from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.summary import COUNT_KEYS
 from seqtrack_mlflow.train.progress import hms
+
+
+def schedule_text(t: TrainConfig) -> str:
+    """The lr schedule in words, e.g. 'warm-up 100 steps, then cosine to 0'."""
+    if t.schedule == "cosine":
+        return f"warm-up {t.warmup_steps} steps, then cosine to 0" if t.warmup_steps else "cosine to 0"
+    return f"lr x{t.lr_drop_factor:g} after epoch {t.lr_drop_epoch}"
 
 
 def reproduce_commands(run_id: str) -> list[str]:
@@ -53,8 +60,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         f"{cfg.model.embed_dim}, decoder {cfg.model.decoder_layers} x {cfg.model.decoder_dim}, "
         f"{cfg.model.bins} bins",
         f"- Optimiser: AdamW lr {cfg.train.lr:g} (encoder x{cfg.train.encoder_lr_mult:g}), weight decay "
-        f"{cfg.train.weight_decay:g}, lr x{cfg.train.lr_drop_factor:g} after epoch {cfg.train.lr_drop_epoch}, "
-        f"grad clip {cfg.train.grad_clip:g}",
+        f"{cfg.train.weight_decay:g}, {schedule_text(cfg.train)}, grad clip {cfg.train.grad_clip:g}, "
+        f"{cfg.train.label_rounding} token labels",
         "", "## Training results", "",
         f"- Best IoU: {best:.4f} (validation, epoch {best_epoch})",
         f"- No-motion baseline IoU: {no_motion_iou:.4f} (the previous frame's box as the answer; the "

@@ -118,7 +118,7 @@ class Trainer:
         # DDP averages gradients across ranks; the actor calls the wrapper, everything else
         # (validation, checkpoints, param groups) uses the plain model.
         self.actor = SeqTrackActor(DistributedDataParallel(self.model) if dist.enabled else self.model,
-                                   cfg.model.bins)
+                                   cfg.model.bins, cfg.train.label_rounding)
         self.optimizer, self.scheduler = build_optimizer(
             self.model, cfg.train, math.ceil(cfg.data.samples_per_epoch / cfg.train.batch_size))
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
