@@ -48,7 +48,8 @@ def train(name: str, out: Path, args: argparse.Namespace, extra: list[str]) -> t
            "--samples-per-epoch", str(args.samples), "--output-dir", str(folder), "--run-name", f"bench-{name}",
            "--experiment-name", EXPERIMENT, "--no-system-metrics", *args.set_args, *extra]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{name} job failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
@@ -58,7 +59,7 @@ def train(name: str, out: Path, args: argparse.Namespace, extra: list[str]) -> t
 
 def evaluate(ckpt: Path) -> dict[str, tuple[float, ...]]:
     cmd = [sys.executable, "-m", "seqtrack_mlflow", "evaluate", "--checkpoint", str(ckpt)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"evaluate {ckpt} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     model, static = _OVERALL.search(done.stdout), _STATIC.search(done.stdout)

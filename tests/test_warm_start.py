@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from safetensors.torch import load as load_safetensors
 
 from seqtrack_mlflow import cli, experiment, mirror, names
 from seqtrack_mlflow.config import load_config
@@ -28,7 +27,7 @@ from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 
 from .conftest import new_store, reset_active_experiment, use_store
 from .test_trainer import assert_same_tensors, checkpoint, metrics
-from .tiny import TINY, write_tiny_config
+from .tiny import write_tiny_config
 
 
 def _no_reexec(mp) -> None:
@@ -192,8 +191,8 @@ def test_shape_mismatch_through_the_cli_is_one_line_and_makes_no_run(source, tmp
     before = all_runs()
     assert cli.main(["train", "--config", str(config), "--init", str(source.ckpt)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --init {source.ckpt}: encoder.body.pos_embed has shape (1, 80, 32) in the source, "
-                   "(1, 80, 64) in this config's model"]
+    assert err == [(f"error: --init {source.ckpt}: encoder.body.pos_embed has shape (1, 80, 32) in the source, "
+                    "(1, 80, 64) in this config's model")]
     assert not new_runs(before)
 
 

@@ -37,9 +37,9 @@ TRAIN_FLAGS = {
     "--nproc": ("train.nproc", "data-parallel processes (torchrun, gloo on CPU / nccl on GPU)"),
     "--precision": ("train.precision", "auto (bf16 if native, else fp32) | fp32 | bf16 | fp16"),
     "--resume": ("train.resume", "checkpoint path or MLflow run id to continue from"),
-    "--init": ("train.init", "warm start from these weights only (fresh optimizer, epoch 1): a checkpoint or "
-               ".safetensors file, an MLflow run id[:epoch], runs:/ or models:/ URI, or a mirrored Hub repo "
-               "owner/name[@revision]"),
+    "--init": ("train.init", ("warm start from these weights only (fresh optimizer, epoch 1): a checkpoint or "
+                              ".safetensors file, an MLflow run id[:epoch], runs:/ or models:/ URI, or a mirrored "
+                              "Hub repo owner/name[@revision]")),
     "--patch-size": ("model.patch_size", "ViT patch size in pixels"),
     "--samples-per-epoch": ("data.samples_per_epoch", "training samples per epoch"),
 }
