@@ -16,7 +16,7 @@ NOT_GIVEN = ("string", "")  # "" = keep the preset's value
 EXPECTED = {
     "main": {"config": ("string", "default"),
              **{name: NOT_GIVEN for name in ("epochs", "seed", "batch_size", "workers", "nproc", "patch_size",
-                                              "classes", "data", "data_dir", "device", "precision", "resume",
+                                              "classes", "data", "data_dir", "device", "precision", "resume", "init",
                                               "samples_per_epoch", "run_name", "experiment_name",
                                               "system_metrics", "log_models")}},
     "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", "hossamaladdin/Assignment3"),

@@ -37,6 +37,9 @@ TRAIN_FLAGS = {
     "--nproc": ("train.nproc", "data-parallel processes (torchrun, gloo on CPU / nccl on GPU)"),
     "--precision": ("train.precision", "auto (bf16 if native, else fp32) | fp32 | bf16 | fp16"),
     "--resume": ("train.resume", "checkpoint path or MLflow run id to continue from"),
+    "--init": ("train.init", ("warm start from these weights only (fresh optimizer, epoch 1): a checkpoint or "
+                              ".safetensors file, an MLflow run id[:epoch], runs:/ or models:/ URI, or a mirrored "
+                              "Hub repo owner/name[@revision]")),
     "--patch-size": ("model.patch_size", "ViT patch size in pixels"),
     "--samples-per-epoch": ("data.samples_per_epoch", "training samples per epoch"),
 }
@@ -81,10 +84,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def default_run_name(cfg: Config, config_arg: str) -> str:
-    """Tells runs apart in `mlflow ui`: preset, seed, epochs, precision (and resume)."""
+    """Tells runs apart in `mlflow ui`: preset, seed, epochs, precision (and resume, warm start)."""
     preset = Path(str(config_arg or "default")).stem
     name = f"{preset}-seed{cfg.seed}-e{cfg.train.epochs}-{cfg.train.precision}"
-    return name + ("-resumed" if cfg.train.resume else "")
+    return name + ("-resumed" if cfg.train.resume else "") + ("-init" if cfg.train.init else "")
 
 
 # -- handlers ------------------------------------------------------------------------------------

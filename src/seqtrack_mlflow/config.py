@@ -184,6 +184,11 @@ class TrainConfig:
     """Local folder for checkpoints/, training_log.txt and report.md (one sub-folder per run)."""
     resume: str
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
+    init: str
+    """Warm start: model weights only (fresh optimizer and schedule, epoch 1) from a checkpoint
+    or weights file, an MLflow run id (`<id>[:<epoch>]`, `runs:/<id>`), a `models:/` URI or a
+    Hub repo mirrored by this project (`owner/name[@revision]`); '' = random init. See
+    train/warm_start.py."""
 
 
 LABEL_ROUNDINGS = ("floor", "nearest")

@@ -598,6 +598,25 @@ def download_checkpoints(run_id: str, folder: Path) -> Path:
     return folder / names.CHECKPOINTS / checkpoint_name(epochs[-1])
 
 
+def download_checkpoint(run_id: str, epoch: int, folder: Path) -> Path:
+    """One checkpoint of a run, with the manifest that verifies it (not every epoch's file):
+    folder/checkpoints/epoch_N.ckpt and folder/checkpoints/manifest.json; the checkpoint's path."""
+    from seqtrack_mlflow.train.checkpoint import MANIFEST
+
+    download_artifacts(run_id, f"{names.CHECKPOINTS}/{MANIFEST}", folder)
+    return download_artifacts(run_id, f"{names.CHECKPOINTS}/{checkpoint_name(epoch)}", folder)
+
+
+def experiment_of_run(run_id: str) -> str | None:
+    """The experiment id of a run in this tracking store, None if the store has no such run
+    (a checkpoint file made elsewhere names a run of another store)."""
+    prepare_store()
+    try:
+        return find_run(run_id).info.experiment_id
+    except TrackingError:
+        return None
+
+
 # What MLflow's local artifact store names a file while it copies it in (LocalArtifactRepository):
 # a kill during the copy leaves it behind, beside the complete artifacts.
 _UPLOAD_PREFIX = ".artifact.uploading."

@@ -27,6 +27,17 @@ KINDS = ("train", "evaluate", "mirror", "download")
 ERROR_TAG = "seqtrack.error"
 EPOCH_TAG = "seqtrack.epoch"  # on evaluation runs, LoggedModels and registered versions
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
+# A warm start (--init): where its weights came from. INIT_SOURCE_TAG is also set on a resume
+# of such a run (inherited from the checkpoint's config; nothing is loaded again).
+INIT_SOURCE_TAG = "seqtrack.init_source"
+INIT_KIND_TAG = "seqtrack.init_kind"  # file | run | model | hub
+INIT_SHA256_TAG = "seqtrack.init_sha256"  # of the file the weights were read from
+INIT_RUN_TAG = "seqtrack.init_source_run"  # MLflow run of the source checkpoint
+INIT_EPOCH_TAG = "seqtrack.init_source_epoch"
+INIT_MODEL_TAG = "seqtrack.init_model_id"  # LoggedModel of a models:/ source
+INIT_HUB_REPO_TAG = "seqtrack.init_hub_repo"
+INIT_HUB_COMMIT_TAG = "seqtrack.init_hub_commit"  # the revision resolved to a commit
 
 # -- artifacts (paths inside a training run) ---------------------------------------------------
 CHECKPOINTS = "checkpoints"

@@ -20,6 +20,7 @@ from seqtrack_mlflow.train.device import check_precision, resolve_device, resolv
 from seqtrack_mlflow.train.resume import first_line, load_resume_state
 from seqtrack_mlflow.train.signals import StopFlag, StopRequested
 from seqtrack_mlflow.train.trainer import Trainer
+from seqtrack_mlflow.train.warm_start import check_init_config, load_init
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     seed_everything(cfg.seed)
+    check_init_config(cfg)  # --init with --resume: refused before anything is read
     # The resume state is checked before the run is created: a bad --resume makes no run.
     resume = load_resume_state(cfg) if cfg.train.resume else None
+    init = load_init(cfg) if cfg.train.init.strip() else None  # likewise a bad --init
     if cfg.model.pretrained:  # a bad weights file, too, stops before a run exists
         check_pretrained(cfg)
     run = (experiment.TrainingRun(run_name, experiment_name, system_metrics=cfg.mlflow.system_metrics).start()
@@ -70,7 +73,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
                                      private=cfg.hub.private)
         with StopFlag() as stop:
             try:
-                trainer = Trainer(cfg, device, run, stop, info, resume)
+                trainer = Trainer(cfg, device, run, stop, info, resume, init)
+                init = None  # its tensors are in the model now: do not hold a second copy
             finally:
                 if resume is not None:
                     resume.remove_download()  # its checkpoints are in this run's folder by now

@@ -36,8 +36,9 @@ from seqtrack_mlflow.train.progress import BLOCK_RE
 log = logging.getLogger(__name__)
 
 # Config keys that may differ between a checkpoint and the run resuming it without changing
-# the result (where outputs go, how data is loaded, how long to train).
-RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.output_dir", "train.workers", "train.device",
+# the result (where outputs go, how data is loaded, how long to train; train.init: the weights
+# it names are already in the checkpoint, and a resume never loads them again).
+RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.init", "train.output_dir", "train.workers", "train.device",
                      "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
                      "hub.private", "mlflow.log_models", "mlflow.registered_model", "mlflow.alias",
                      "mlflow.system_metrics"}

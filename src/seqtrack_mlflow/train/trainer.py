@@ -43,6 +43,7 @@ from seqtrack_mlflow.train.device import autocast
 from seqtrack_mlflow.train.progress import ProgressLog, format_block
 from seqtrack_mlflow.train.resume import _RESTORE_ERRORS, ResumeState, adopt, first_line
 from seqtrack_mlflow.train.signals import StopRequested, ignore_sigint_in_worker
+from seqtrack_mlflow.train.warm_start import InitWeights, inherited_tags
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def train_step(actor, model: torch.nn.Module, optimizer, scaler, batch: dict[str
 
 class Trainer:
     def __init__(self, cfg: Config, device: torch.device, run, stop, dist: distributed.DistInfo,
-                 resume: ResumeState | None = None):
+                 resume: ResumeState | None = None, init: InitWeights | None = None):
         self.cfg, self.device, self.run, self.stop, self.dist = cfg, device, run, stop, dist
         self.is_main = dist.is_main
         self.out_dir = Path(cfg.train.output_dir) / run.run_id
@@ -115,6 +116,8 @@ class Trainer:
         # Model (its init is a function of the seed alone), actor, optimizer, schedule.
         torch.manual_seed(cfg.seed)
         self.model = build_seqtrack(cfg.model).to(device)
+        if init is not None:  # warm start: the weights only (draws no random number)
+            init.load_into(self.model)
         # DDP averages gradients across ranks; the actor calls the wrapper, everything else
         # (validation, checkpoints, param groups) uses the plain model.
         self.actor = SeqTrackActor(DistributedDataParallel(self.model) if dist.enabled else self.model,
@@ -126,7 +129,7 @@ class Trainer:
             self._restore(resume)
         if self.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            self._log_run_info(resume)
+            self._log_run_info(resume, init)
 
     def _restore(self, resume: ResumeState) -> None:
         try:
@@ -150,7 +153,7 @@ class Trainer:
         log.info("resuming from %s: epoch %d done, continuing with epoch %d", resume.describe(),
                  resume.epoch, self.start_epoch)
 
-    def _log_run_info(self, resume: ResumeState | None) -> None:
+    def _log_run_info(self, resume: ResumeState | None, init: InitWeights | None = None) -> None:
         cfg, run = self.cfg, self.run
         # `mlflow run` already logged its -P values under their own names (device=auto, ...);
         # the config's resolved values are namespaced, the resolved device has its own name.
@@ -179,8 +182,11 @@ class Trainer:
                            (names.SUMMARY_FILE, json.dumps(self.summary, indent=2) + "\n")):
             (self.out_dir / name).write_text(text)
             run.log_artifact(self.out_dir / name)
+        if init is not None:
+            run.set_tags(init.tags(run.experiment_id))
         if resume is not None:
-            run.set_tags({"seqtrack.resumed_from": resume.describe(), "seqtrack.resumed_from_epoch": resume.epoch})
+            run.set_tags({"seqtrack.resumed_from": resume.describe(), "seqtrack.resumed_from_epoch": resume.epoch,
+                          **inherited_tags(resume.state)})
             self.blocks = adopt(resume, run, self.manifest, self.ckpt_dir, self.out_dir / names.TRAINING_LOG)
 
     # -- the loop --------------------------------------------------------------------------------
