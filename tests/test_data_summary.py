@@ -57,7 +57,7 @@ def test_summary_and_debug_commands_on_sample_data(tmp_path, capsys):
     # SEQTRACK_CACHE points at a per-session cache (conftest), so the sample tree is made once
     assert main(["summary", "--out", str(tmp_path / "s.json")]) == 0
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["total"]["train_sequences"] == 16 and s["total"]["samples_per_epoch"] == 6000
+    assert s["total"]["train_sequences"] == 16 and s["total"]["samples_per_epoch"] == load_config("default").data.samples_per_epoch
     png = tmp_path / "samples.png"
     assert main(["debug-samples", "--count", "3", "--out", str(png)]) == 0
     img = Image.open(png)

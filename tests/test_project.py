@@ -10,6 +10,8 @@ import tomllib
 import yaml
 from mlflow.projects import _project_spec  # mlflow's own MLproject loader
 
+from seqtrack_mlflow.config import load_config
+
 from .conftest import REPO
 
 NOT_GIVEN = ("string", "")  # "" = keep the preset's value
@@ -57,7 +59,7 @@ def test_main_entry_point_command_resolves_to_the_default_config(tmp_path):
                          capture_output=True, text=True).stdout
     resolved = yaml.safe_load(out)
     assert resolved["train"]["epochs"] == 3 and resolved["seed"] == 8
-    assert resolved["model"]["patch_size"] == 8 and resolved["data"]["samples_per_epoch"] == 6000
+    assert resolved["model"]["patch_size"] == 8 and resolved["data"]["samples_per_epoch"] == load_config("default").data.samples_per_epoch
     assert resolved["data"]["classes"] == ["airplane", "bicycle"]
     assert resolved["train"]["precision"] == "auto"  # resolved (bf16 or fp32) when training starts
 
