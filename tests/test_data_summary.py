@@ -57,11 +57,13 @@ def test_summary_and_debug_commands_on_sample_data(tmp_path, capsys):
     # SEQTRACK_CACHE points at a per-session cache (conftest), so the sample tree is made once
     assert main(["summary", "--out", str(tmp_path / "s.json")]) == 0
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["total"]["train_sequences"] == 16 and s["total"]["samples_per_epoch"] == load_config("default").data.samples_per_epoch
+    default = load_config("default")
+    assert s["total"]["train_sequences"] == 16
+    assert s["total"]["samples_per_epoch"] == default.data.samples_per_epoch
     png = tmp_path / "samples.png"
     assert main(["debug-samples", "--count", "3", "--out", str(png)]) == 0
     img = Image.open(png)
-    assert img.size[1] > 3 * 128
+    assert img.size[1] > 3 * default.model.search_size  # one row per sample
 
 
 def test_frame_index(tree, tmp_path):

@@ -82,7 +82,7 @@ def test_help_lists_every_command():
     (["--batch-size", "abc"], ["train.batch_size", "abc"]),
     (["--classes", "airplane,dragon"], ["dragon"]),
     (["--device", "gpu"], ["train.device", "gpu"]),
-    (["--patch-size", "6"], ["model.patch_size=6"]),
+    (["--patch-size", "7"], ["model.patch_size=7"]),
     (["--set", "model.depth"], ["KEY=VALUE"]),
 ])
 def test_bad_train_flags_exit_2_with_one_line(args, words):
