@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -17,8 +18,9 @@ from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.data.lasot import LasotDataset
 from seqtrack_mlflow.data.sample import ensure_sample_data
 from seqtrack_mlflow.model import build_seqtrack
+from seqtrack_mlflow.selection import best_epoch, best_in_history, history_points, row_score
 from seqtrack_mlflow.track import metrics as M
-from seqtrack_mlflow.track.evaluate import _history_points, best_epoch, parse_epoch
+from seqtrack_mlflow.track.evaluate import parse_epoch
 from seqtrack_mlflow.track.plots import (
     GT_COLOR,
     LEGEND_HEIGHT,
@@ -28,6 +30,8 @@ from seqtrack_mlflow.track.plots import (
 )
 from seqtrack_mlflow.track.tracker import result_paths
 from seqtrack_mlflow.train.checkpoint import save_checkpoint
+
+from .tiny import write_tiny_config
 
 TINY_MODEL = {"patch_size": 8, "template_size": 32, "search_size": 64, "num_templates": 2,
               "embed_dim": 32, "depth": 1, "num_heads": 2, "bins": 64, "decoder_dim": 32,
@@ -178,11 +182,45 @@ def test_best_epoch_choice():
     assert best_epoch(points, [1, 2, 3]) == (2, 0.5)  # epoch 4 has no checkpoint; ties -> earliest
     assert best_epoch([(1, float("nan"))], [1]) is None
     assert best_epoch([], [1]) is None
-    # fallback when the run has no epoch/val_iou metric: the last checkpoint's history
-    state = {"metrics": [{"train_loss": 1.0, "val_iou": 0.1}, {"train_loss": 0.9, "val_iou": 0.3}]}
-    assert _history_points(state) == [(1, 0.1), (2, 0.3)]
-    assert best_epoch(_history_points(state), [1, 2]) == (2, 0.3)
-    assert _history_points({"metrics": None}) == []
+    # fallback when the run has no epoch/* metric: the last checkpoint's history
+    history = [{"train_loss": 1.0, "val_iou": 0.1}, {"train_loss": 0.9, "val_iou": 0.3}]
+    assert history_points(history, "val_iou") == [(1, 0.1), (2, 0.3)]
+    assert best_in_history(history, [1, 2]) == (2, "epoch/val_iou", 0.3)
+    assert history_points(None, "val_iou") == [] and best_in_history(None, [1]) is None
+    # A run that tracked its held-out sequences each epoch selects by AUC, not by val IoU: the
+    # sample data's epoch 1 has the best val IoU and tracks worst (benchmarks/results/learning.md).
+    history = [{"val_iou": 0.65, "val_auc": 0.05}, {"val_iou": 0.30, "val_auc": 0.20},
+               {"val_iou": 0.62, "val_auc": 0.25}]
+    assert best_in_history(history, [1, 2, 3]) == (3, "epoch/val_auc", 0.25)
+    assert [row_score(h) for h in history] == [0.05, 0.20, 0.25]
+    assert row_score({"val_iou": 0.4}) == 0.4 and math.isnan(row_score({"val_iou": float("nan")}))
+
+
+def test_val_tracking_logs_the_auc_evaluate_finds_and_picks_best_by_it(tmp_path, sample_root, monkeypatch):
+    """data.val_tracking=always: each epoch tracks the held-out sequences; the logged
+    epoch/val_auc is exactly what `evaluate` of that epoch's checkpoint measures (same tracker,
+    frames and scoring, fp32), and 'best' (evaluate, registry) follows it."""
+    monkeypatch.setenv("PYTHONHASHSEED", "8")  # no re-exec for the hash seed
+    monkeypatch.setenv("SEQTRACK_HASHSEED_SET", "1")
+    config = write_tiny_config(tmp_path / "cfg", data={"val_tracking": "always", "classes": ["airplane"]},
+                               train={"epochs": 2})
+    assert cli.main(["train", "--config", str(config), "--output-dir", str(tmp_path / "train"),
+                     "--data-dir", str(sample_root), "--no-system-metrics"]) == 0
+    client = MlflowClient()
+    (run,) = client.search_runs(["0"], filter_string="tags.`seqtrack.kind` = 'train'")
+    run_id = run.info.run_id
+    auc = {m.step: m.value for m in client.get_metric_history(run_id, "epoch/val_auc")}
+    assert sorted(auc) == [1, 2] and all(0.0 <= v <= 1.0 for v in auc.values())
+    for key in ("epoch/val_precision", "epoch/val_norm_precision"):
+        assert len(client.get_metric_history(run_id, key)) == 2
+    best = max(auc, key=lambda e: (auc[e], -e))
+    assert run_cli("--run-id", run_id, "--classes", "airplane", sample_root=sample_root, out=tmp_path / "ev") == 0
+    (ev,) = client.search_runs(["0"], filter_string="tags.`seqtrack.kind` = 'evaluate'")
+    assert ev.data.params["eval.epoch"] == str(best)
+    assert ev.data.params["eval.epoch_choice"] == f"best epoch/val_auc={auc[best]:.4f}"
+    assert ev.data.metrics["eval/auc"] == auc[best]  # bit-equal: the same computation
+    version = client.get_model_version_by_alias("seqtrack-lasot", "champion")
+    assert "epoch/val_auc" in version.description and f"epoch {best} " in version.description
 
 
 def test_gif_has_the_subsampled_frames(tmp_path):

@@ -9,7 +9,8 @@ import yaml
 TINY = {
     "seed": 8,
     "data": {"source": "sample", "classes": ["airplane", "bicycle"], "samples_per_epoch": 40,
-             "max_gap": 50, "template_factor": 2.0, "search_factor": 4.0, "val_samples": 8},
+             "max_gap": 50, "template_factor": 2.0, "search_factor": 4.0, "val_samples": 8,
+             "val_tracking": "never"},
     "model": {"patch_size": 8, "template_size": 32, "search_size": 64, "num_templates": 2,
               "embed_dim": 32, "depth": 1, "num_heads": 2, "bins": 64, "decoder_dim": 32,
               "decoder_layers": 1, "decoder_heads": 2, "decoder_ffn": 64, "dropout": 0.1},

@@ -5,7 +5,7 @@ Repo layout (PyTorchModelHubMixin's at the root, so `SeqTrack.from_pretrained(re
 tooling find the model):
 
     README.md                               model card (model_card.py, ModelCard/ModelCardData)
-    config.json, model.safetensors          the best epoch (highest epoch/val_iou, earliest on ties)
+    config.json, model.safetensors          the best epoch (highest epoch/val_auc, else epoch/val_iou)
     checkpoints/epoch_N/config.json         every epoch's weights, same format
     checkpoints/epoch_N/model.safetensors
     resume/epoch_N.ckpt                     the full training state (optimizer, scheduler, RNG):
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import shutil
 import tempfile
@@ -52,7 +51,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from seqtrack_mlflow import experiment, hub, names
+from seqtrack_mlflow import experiment, hub, names, selection
 from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
@@ -71,7 +70,6 @@ RUN_FILES = ("training_log.txt", "report.md", "config.yaml", "dataset_summary.js
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
 EPOCH_METRICS = {column: f"{names.EPOCH_PREFIX}{column}"
                  for column in ("train_loss", "val_iou", "best_val_iou", "seconds")}
-VAL_IOU = names.VAL_IOU
 # ModelConfig keys that only matter while training: not part of an exported config.json.
 _TRAIN_ONLY_MODEL_KEYS = ("pretrained",)
 
@@ -248,19 +246,13 @@ def write_manifest(stage: Path, run_id: str, best_epoch: int | None, epochs: lis
 
 
 def choose_best_epoch(run_id: str, epochs: list[int], last_state: dict[str, Any] | None) -> tuple[int, str]:
-    """(epoch, why) of the root weights: the highest epoch/val_iou among the checkpoints
-    (earliest on ties, as evaluate's 'best'), else the last checkpoint's val_iou history, else
-    the last epoch."""
-    points = [(s, v) for s, v in experiment.metric_points(run_id, VAL_IOU) if s in epochs and not math.isnan(v)]
-    if not points and last_state is not None:
-        history = last_state.get("metrics") if isinstance(last_state.get("metrics"), list) else []
-        points = [(i + 1, float(h["val_iou"])) for i, h in enumerate(history)
-                  if isinstance(h, dict) and isinstance(h.get("val_iou"), (int, float))
-                  and i + 1 in epochs and not math.isnan(h["val_iou"])]
-    if points:
-        epoch, value = max(points, key=lambda p: (p[1], -p[0]))
-        return epoch, f"best validation IoU {value:.4f}"
-    return max(epochs), "last epoch (no validation IoU recorded)"
+    """(epoch, why) of the root weights: the best epoch among the checkpoints by the rule of
+    `selection` (as evaluate's 'best'), else the last epoch."""
+    best = selection.best_of_run(run_id, epochs, lambda: (last_state or {}).get("metrics"))
+    if best is not None:
+        epoch, metric, value = best
+        return epoch, selection.describe(metric, value)
+    return max(epochs), "last epoch (no validation metric recorded)"
 
 
 def dataset_revision(config: dict[str, Any], summary: Any) -> str:

@@ -14,6 +14,7 @@ BLOCK_METRICS = (TRAIN_LOSS, TRAIN_IOU, "time/block_seconds", "time/elapsed_seco
 EPOCH_PREFIX = "epoch/"
 EPOCH_TRAIN_LOSS = "epoch/train_loss"
 VAL_IOU = "epoch/val_iou"
+VAL_AUC = "epoch/val_auc"  # closed-loop tracking of the held-out sequences (data.val_tracking)
 NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------

@@ -36,7 +36,7 @@ class EpochUploader:
     The trainer's hook, called after each checkpoint is written (rank 0 only):
 
         uploader = EpochUploader(repo_id, run_id, revision=..., private=...)   # once, at start
-        uploader.on_checkpoint(epoch, checkpoint_path, val_iou)                # after each save
+        uploader.on_checkpoint(epoch, checkpoint_path, score)                  # after each save
         uploader.close(timeout=60)                                             # at the end
 
     `on_checkpoint` only puts the epoch in a queue and returns at once (no hashing, no network):
@@ -60,7 +60,7 @@ class EpochUploader:
         self._stage = self._tmp / "stage"
         self._pending: dict[int, tuple[Path, float | None]] = {}
         self._files: dict[str, dict[str, Any]] = {}  # manifest entries of epochs exported so far
-        self._val: dict[int, float] = {}
+        self._scores: dict[int, float] = {}
         self._uploaded: set[int] = set()
         self._first_commit = True
         self._outstanding = 0  # queued epochs not yet attempted
@@ -71,11 +71,12 @@ class EpochUploader:
         self._thread.start()
 
     # -- the trainer's side ----------------------------------------------------------------------
-    def on_checkpoint(self, epoch: int, checkpoint: str | Path, val_iou: float | None = None) -> None:
-        """Queue epoch `epoch` (its complete checkpoint file) for upload; returns immediately."""
+    def on_checkpoint(self, epoch: int, checkpoint: str | Path, score: float | None = None) -> None:
+        """Queue epoch `epoch` (its complete checkpoint file) for upload; returns immediately.
+        `score` ranks epochs for the root weights (`selection.row_score`: val AUC, else val IoU)."""
         with self._done:
             self._outstanding += 1
-        self._queue.put((int(epoch), Path(checkpoint), val_iou))
+        self._queue.put((int(epoch), Path(checkpoint), score))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued epoch was attempted; True if that happened within `timeout`."""
@@ -100,8 +101,8 @@ class EpochUploader:
         while True:
             item = self._queue.get()
             if item is not None:
-                epoch, path, val_iou = item
-                self._pending[epoch] = (path, val_iou)
+                epoch, path, score = item
+                self._pending[epoch] = (path, score)
                 taken += 1
                 if not self._queue.empty():
                     continue  # more epochs queued already: one commit for all of them
@@ -143,7 +144,7 @@ class EpochUploader:
     def _export(self, todo: list[int]) -> Path:
         """Folder of this commit: the new epochs, the root weights, manifest.json."""
         for epoch in todo:
-            path, val_iou = self._pending[epoch]
+            path, score = self._pending[epoch]
             folder = self._stage / weights_dir(epoch)
             if not (folder / WEIGHTS_NAME).is_file():
                 export_pretrained(load_checkpoint(path), folder, self.run_id)
@@ -151,11 +152,11 @@ class EpochUploader:
                     rel = f"{weights_dir(epoch)}/{name}"
                     self._files[rel] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
                 self._files[resume_path(epoch)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            if val_iou is not None and not math.isnan(val_iou):
-                self._val[epoch] = float(val_iou)
+            if score is not None and not math.isnan(score):
+                self._scores[epoch] = float(score)
         epochs = sorted(self._pending)
-        best = (max(self._val.items(), key=lambda p: (p[1], -p[0]))[0]
-                if self._val else max(epochs))
+        best = (max(self._scores.items(), key=lambda p: (p[1], -p[0]))[0]
+                if self._scores else max(epochs))
         upload = self._tmp / "upload"
         shutil.rmtree(upload, ignore_errors=True)
         for epoch in todo:  # hard links: no copy of a 1 GB file

@@ -3,8 +3,9 @@ with the LaSOT metrics and log everything to MLflow.
 
 Which checkpoint:
 - `--run-id R --epoch best|last|N`: the artifact `checkpoints/epoch_N.ckpt` of training run R.
-  best = the epoch with the highest `epoch/val_iou` (the run's metric; if the run has none,
-  the `metrics` history stored in its last checkpoint); ties go to the earliest epoch.
+  best = the epoch with the highest `epoch/val_auc` (tracking the held-out sequences after each
+  epoch, data.val_tracking), else `epoch/val_iou` (seqtrack_mlflow.selection; if the run logged
+  neither, the `metrics` history stored in its last checkpoint); ties go to the earliest epoch.
 - `--checkpoint PATH`: a checkpoint file (its `epoch` is reported).
 - neither: the newest FINISHED training run (with checkpoints) of the active experiment.
 The checkpoint is verified against its run's manifest. The model is rebuilt from the
@@ -43,20 +44,20 @@ from typing import Any
 
 import numpy as np
 
-from seqtrack_mlflow import experiment, names
-from seqtrack_mlflow.config import Config, load_config
+from seqtrack_mlflow import experiment, names, selection
+from seqtrack_mlflow.config import Config, TrackConfig, load_config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model.load import model_from_checkpoint
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
-from seqtrack_mlflow.track.tracker import SeqTrackTracker, SequenceResult, TrackerConfig, run_sequence
+from seqtrack_mlflow.data.frames import read_frame
+from seqtrack_mlflow.track.tracker import SeqTrackTracker, SequenceResult, TrackerConfig, run_sequence, track_frames
 from seqtrack_mlflow.train.checkpoint import MANIFEST, checkpoint_name, load_checkpoint
 from seqtrack_mlflow.train.device import resolve_device
 
 log = logging.getLogger(__name__)
 
-VAL_IOU = names.VAL_IOU
 
 
 @dataclass(frozen=True)
@@ -77,23 +78,6 @@ def parse_epoch(spec: str) -> str | int:
     if spec.isdigit() and int(spec) >= 1:
         return int(spec)
     raise ConfigError(f"--epoch {spec!r}: use a number >= 1, 'last', 'best' or 'all'")
-
-
-def best_epoch(points: list[tuple[int, float]], available: list[int]) -> tuple[int, float] | None:
-    """(epoch, value) of the highest value among epochs that have a checkpoint; earliest on ties."""
-    candidates = [(step, value) for step, value in points if step in available and np.isfinite(value)]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p[1], -p[0]))
-
-
-def _history_points(state: dict[str, Any]) -> list[tuple[int, float]]:
-    """(epoch, val_iou) from a checkpoint's `metrics`: one dict per finished epoch, from epoch 1."""
-    history = state.get("metrics") or []
-    if not isinstance(history, list):
-        return []
-    return [(int(h.get("epoch", i + 1)), float(h["val_iou"])) for i, h in enumerate(history)
-            if isinstance(h, dict) and "val_iou" in h]
 
 
 def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
@@ -137,14 +121,12 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
         return CheckpointChoice(fetch(spec), spec, run_id, "asked")
     if spec == "last":
         return CheckpointChoice(fetch(epochs[-1]), epochs[-1], run_id, "last")
-    best = best_epoch(experiment.metric_points(run_id, VAL_IOU), epochs)
-    if best is None:  # no metric in the run: the history saved in the last checkpoint
-        last_path = fetch(epochs[-1])
-        best = best_epoch(_history_points(load_checkpoint(last_path)), epochs)
-        if best is None:
-            raise TrackingError(f"run {run_id} has no {VAL_IOU} metric (and its last checkpoint "
-                                "no val_iou history) to pick the best epoch; pass --epoch N or last")
-    return CheckpointChoice(fetch(best[0]), best[0], run_id, f"best {VAL_IOU}={best[1]:.4f}")
+    best = selection.best_of_run(run_id, epochs, lambda: load_checkpoint(fetch(epochs[-1])).get("metrics"))
+    if best is None:
+        raise TrackingError(f"run {run_id} has no {names.VAL_AUC} or {names.VAL_IOU} metric (and its last "
+                            "checkpoint no validation history) to pick the best epoch; pass --epoch N or last")
+    epoch, metric, value = best
+    return CheckpointChoice(fetch(epoch), epoch, run_id, selection.describe(metric, value))
 
 
 def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict[str, Any]:
@@ -172,6 +154,26 @@ def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict
     return {"overall": summary, "sequences": per_seq, "curves": curves, "overall_curves": overall}
 
 
+def tracker_config(trained: Config, track: TrackConfig) -> TrackerConfig:
+    """The tracker for a model trained with `trained`: its crop factors and sizes, `track`'s rest."""
+    return TrackerConfig(
+        template_factor=trained.data.template_factor, template_size=trained.model.template_size,
+        search_factor=trained.data.search_factor, search_size=trained.model.search_size,
+        num_templates=trained.model.num_templates, **dataclasses.asdict(track))
+
+
+def tracking_scores(model: Any, tcfg: TrackerConfig, sequences: list[Any], device: Any) -> dict[str, float]:
+    """Overall AUC, precision and norm_precision of tracking `sequences` in closed loop, nothing
+    written: the trainer's per-epoch check (data.val_tracking). The same tracker, frames and
+    scoring as `evaluate` (fp32: call it outside autocast), so the values equal its eval/*."""
+    curves = []
+    for seq in sequences:
+        frames = (read_frame(seq.frame_path(i)) for i in range(len(seq.boxes)))
+        boxes, _ = track_frames(SeqTrackTracker(model, tcfg, device), frames, seq.boxes[0])
+        curves.append(M.sequence_curves(boxes, seq.boxes, seq.visible))
+    return M.average_curves(curves).scores()
+
+
 def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
              experiment_name: str = "") -> dict[str, Any]:
     """Evaluate one checkpoint on the test sequences; returns the metrics.json content."""
@@ -185,10 +187,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         model = model.to(device)
         digest = sha256_file(choice.path)
     ckpt_epoch = int(state["epoch"])
-    tcfg = TrackerConfig(
-        template_factor=trained.data.template_factor, template_size=trained.model.template_size,
-        search_factor=trained.data.search_factor, search_size=trained.model.search_size,
-        num_templates=trained.model.num_templates, **dataclasses.asdict(cfg.track))
+    tcfg = tracker_config(trained, cfg.track)
     key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
     key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
     # The tracker settings name the folder too, so finished results are only read back by a

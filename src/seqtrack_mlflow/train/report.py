@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure  # a Figure object: no global backend, never a window
 
-from seqtrack_mlflow import names, provenance
+from seqtrack_mlflow import names, provenance, selection
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.summary import COUNT_KEYS
 from seqtrack_mlflow.train.progress import hms
@@ -34,6 +34,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
            manifest: list[dict[str, Any]], total_seconds: float, device: torch.device, run_id: str,
            no_motion_iou: float) -> str:
     best_epoch, best = max(enumerate((h["val_iou"] for h in history), start=1), key=lambda e: e[1])
+    chosen = selection.best_in_history(history, range(1, len(history) + 1))
+    tracked = chosen is not None and chosen[1] == names.VAL_AUC  # data.val_tracking was on
     lines = [
         "# SeqTrack training report", "",
         f"MLflow run `{run_id}`. Every number below was measured in this run.", "",
@@ -64,6 +66,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         f"{cfg.train.label_rounding} token labels",
         "", "## Training results", "",
         f"- Best IoU: {best:.4f} (validation, epoch {best_epoch})",
+        *([f"- Best epoch: {chosen[0]} (tracking AUC {chosen[2]:.4f} on the held-out sequences, the highest; "
+           "the epoch registered, mirrored and evaluated as 'best')"] if tracked else []),
         f"- No-motion baseline IoU: {no_motion_iou:.4f} (the previous frame's box as the answer; the "
         "validation crop is centred on it, so only a validation IoU above this shows localisation)",
         f"- Average loss per epoch: {sum(h['train_loss'] for h in history) / len(history):.6f} "
@@ -71,12 +75,13 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         f"- Total training time: {hms(total_seconds)} hours",
         *([f"- Sample draws redrawn because a frame was unreadable (data.skip_bad_sequences): {skipped}"]
           if (skipped := int(sum(h.get("skipped_samples", 0) for h in history))) else []),
-        "", "| epoch | average train loss | validation IoU | best IoU so far | seconds |",
-        "|---|---|---|---|---|",
+        "", "| epoch | average train loss | validation IoU | best IoU so far |"
+        + (" tracking AUC |" if tracked else "") + " seconds |",
+        "|---|---|---|---|" + ("---|" if tracked else "") + "---|",
     ]
     for epoch, h in enumerate(history, start=1):
-        lines.append(f"| {epoch} | {h['train_loss']:.6f} | {h['val_iou']:.4f} | {h['best_val_iou']:.4f} "
-                     f"| {h['seconds']:.1f} |")
+        lines.append(f"| {epoch} | {h['train_loss']:.6f} | {h['val_iou']:.4f} | {h['best_val_iou']:.4f} |"
+                     + (f" {h.get('val_auc', math.nan):.4f} |" if tracked else "") + f" {h['seconds']:.1f} |")
     lines += ["", "## Checkpoints", "", "| file | bytes | sha256 |", "|---|---|---|"]
     for m in manifest:
         lines.append(f"| checkpoints/{m['file']} | {m['bytes']} | `{m['sha256']}` |")

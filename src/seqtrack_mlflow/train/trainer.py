@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from seqtrack_mlflow import names, provenance
+from seqtrack_mlflow import names, provenance, selection
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
@@ -35,6 +35,7 @@ from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
 from seqtrack_mlflow.errors import CheckpointError, SeqTrackError
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
+from seqtrack_mlflow.track.evaluate import tracker_config, tracking_scores
 from seqtrack_mlflow.train import distributed, report
 from seqtrack_mlflow.train.actor import SeqTrackActor
 from seqtrack_mlflow.train.checkpoint import CHECKPOINT_FORMAT, Manifest, checkpoint_name, save_checkpoint
@@ -209,17 +210,20 @@ class Trainer:
                 if self.is_main:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
                     best = max([h["val_iou"] for h in self.history] + [val_iou])
+                    tracking = self._track_held_out(val_samples is not None)
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if cfg.train.schedule == "step":
                     self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
                     metrics = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
+                               **{f"val_{k}": v for k, v in tracking.items()},
                                "seconds": time.perf_counter() - t_epoch, "lr": lr,
                                "skipped_samples": float(self.skipped)}
-                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, val_iou, self.history)
+                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, metrics, self.history)
                     self.history.append(metrics)  # logged by save_checkpoint, with the epoch's model
-                    log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f), "
-                             "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou, metrics["seconds"])
+                    log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f)%s, "
+                             "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
+                             f", tracking AUC {tracking['auc']:.4f}" if tracking else "", metrics["seconds"])
                     self.save_checkpoint(epoch, as_model)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
@@ -318,6 +322,19 @@ class Trainer:
                               "time/samples_per_second": block.count / max(block_s, 1e-9)},
                              step=self.global_samples)
 
+    def _track_held_out(self, has_held_out: bool) -> dict[str, float]:
+        """{auc, precision, norm_precision} of tracking the held-out sequences in closed loop, as
+        `evaluate` does (fp32, the `track` settings); {} when data.val_tracking leaves it off."""
+        d = self.cfg.data
+        if not has_held_out or d.val_tracking == "never" or (d.val_tracking == "auto" and d.source != "sample"):
+            return {}
+        t0 = time.perf_counter()
+        scores = tracking_scores(self.model, tracker_config(self.cfg, self.cfg.track), self.dataset.test,
+                                 self.device)
+        log.info("tracked the %d held-out sequences: AUC %.4f (%.1f s)", len(self.dataset.test), scores["auc"],
+                 time.perf_counter() - t0)
+        return scores
+
     def _validation_samples(self) -> ValidationSamples | None:
         if not self.dataset.test or self.cfg.data.val_samples == 0:
             log.warning("no held-out sequences: validation IoU is not computed")
@@ -359,7 +376,7 @@ class Trainer:
         self.run.log_artifact(path, names.CHECKPOINTS)
         self.run.log_artifact(self.manifest.path, names.CHECKPOINTS)
         if self.checkpoint_hook is not None:
-            self.checkpoint_hook(epoch, path, self.history[-1]["val_iou"] if self.history else None)
+            self.checkpoint_hook(epoch, path, selection.row_score(self.history[-1]) if self.history else None)
         self.run.store_once(path, names.CHECKPOINTS)
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
                  time.perf_counter() - t0)
@@ -382,20 +399,19 @@ class Trainer:
         return model_id
 
     def register_best(self) -> str:
-        """The logged epoch with the highest epoch/val_iou (earliest on ties) becomes a version
-        of the registered model, with the configured alias; '' when none qualifies."""
+        """The best logged epoch (`selection`: highest epoch/val_auc, else epoch/val_iou; earliest
+        on ties) becomes a version of the registered model, with the configured alias; '' when
+        none qualifies."""
         m = self.cfg.mlflow
         logged = sorted(getattr(self.run, "models", {}))
-        scored = [(self.history[e - 1]["val_iou"], e) for e in logged
-                  if e - 1 < len(self.history) and math.isfinite(self.history[e - 1]["val_iou"])]
         if not m.registered_model or not logged:
             return ""
-        value, epoch = max(scored, key=lambda p: (p[0], -p[1])) if scored else (math.nan, logged[-1])
+        epoch, metric, value = selection.best_in_history(self.history, logged) or (logged[-1], "", math.nan)
         version = self.run.register_best(epoch, m.registered_model, m.alias,
                                          description=f"SeqTrack epoch {epoch} of run {self.run.run_id}, "
-                                                     f"epoch/val_iou {value:.4f}")
+                                                     f"{metric or 'no validation metric'} {value:.4f}")
         if version:
-            log.info("registered epoch %d (val IoU %.4f) as %s, alias %s: models:/%s@%s", epoch, value,
+            log.info("registered epoch %d (%s %.4f) as %s, alias %s: models:/%s@%s", epoch, metric, value,
                      version, m.alias, m.registered_model, m.alias)
         return version
 
@@ -426,15 +442,16 @@ def _unwrapped(loader):
         raise type(exc)(last.partition(": ")[2] or last) from None
 
 
-def logs_model(mode: str, epoch: int, last_epoch: int, val_iou: float, history: list[dict[str, float]]) -> bool:
-    """Whether `epoch` becomes a LoggedModel under mlflow.log_models (all | best | last); `history`
-    holds the earlier epochs. best: the first epoch and each one that beats every earlier val IoU."""
+def logs_model(mode: str, epoch: int, last_epoch: int, row: dict[str, float], history: list[dict[str, float]]) -> bool:
+    """Whether `epoch` (its metrics `row`) becomes a LoggedModel under mlflow.log_models
+    (all | best | last); `history` holds the earlier epochs. best: the first epoch and each one
+    that beats every earlier one by the `selection` rule."""
     if mode == "all":
         return True
     if mode == "last":
         return epoch == last_epoch
-    earlier = [h["val_iou"] for h in history if math.isfinite(h["val_iou"])]
-    return not earlier or (math.isfinite(val_iou) and val_iou > max(earlier))
+    best = selection.best_in_history([*history, row], range(1, len(history) + 2))
+    return not history or (best is not None and best[0] == len(history) + 1)
 
 
 class _Block:
