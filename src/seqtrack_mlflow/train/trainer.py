@@ -210,7 +210,7 @@ class Trainer:
                 if self.is_main:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
                     best = max([h["val_iou"] for h in self.history] + [val_iou])
-                    tracking = self._track_held_out(val_samples is not None)
+                    tracking = self._track_held_out()
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if cfg.train.schedule == "step":
                     self.scheduler.step()  # StepLR counted in epochs
@@ -322,11 +322,11 @@ class Trainer:
                               "time/samples_per_second": block.count / max(block_s, 1e-9)},
                              step=self.global_samples)
 
-    def _track_held_out(self, has_held_out: bool) -> dict[str, float]:
+    def _track_held_out(self) -> dict[str, float]:
         """{auc, precision, norm_precision} of tracking the held-out sequences in closed loop, as
         `evaluate` does (fp32, the `track` settings); {} when data.val_tracking leaves it off."""
         d = self.cfg.data
-        if not has_held_out or d.val_tracking == "never" or (d.val_tracking == "auto" and d.source != "sample"):
+        if not self.dataset.test or d.val_tracking == "never" or (d.val_tracking == "auto" and d.source != "sample"):
             return {}
         t0 = time.perf_counter()
         scores = tracking_scores(self.model, tracker_config(self.cfg, self.cfg.track), self.dataset.test,
