@@ -74,24 +74,6 @@ def test_main_logs_given_values_and_resolved_values_without_collisions(trained):
     assert [m.step for m in MlflowClient().get_metric_history(trained, "epoch/val_iou")] == [1, 2]
 
 
-def test_main_with_init_starts_from_a_checkpoint(store, trained):
-    """`mlflow run . -P init=<checkpoint>`: a new run at epoch 1, weights from the checkpoint,
-    nested under the run that wrote it (same experiment)."""
-    ckpt = store / "outputs" / trained / "checkpoints" / "epoch_2.ckpt"
-    config = write_tiny_config(store / "cfg-init", train={"output_dir": str(store / "outputs")})
-    result = mlflow_run(store, "main", config=config, init=ckpt, epochs="1", workers="0", samples_per_epoch="16",
-                        run_name="warm-start")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = MlflowClient().search_runs(["0"], filter_string="attributes.run_name = 'warm-start'")
-    assert run.info.status == "FINISHED"
-    assert run.data.params["init"] == str(ckpt) and run.data.params["train.init"] == str(ckpt)
-    tags = run.data.tags
-    assert tags["seqtrack.init_source_run"] == trained == tags["mlflow.parentRunId"]
-    assert tags["seqtrack.init_source_epoch"] == "2" and tags["seqtrack.init_kind"] == "file"
-    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "epoch/val_iou")] == [1]
-    assert "warm start: " in result.stderr
-
-
 def test_evaluate_entry_point(store, trained):
     result = mlflow_run(store, "evaluate", run_id=trained, epoch="best", classes="airplane",
                         device="cpu")
@@ -184,3 +166,22 @@ def test_the_b256_preset_is_trained_as_it_is(store, tmp_path):
     params = run.data.params
     assert params["model.patch_size"] == "16" and params["model.search_size"] == "256"
     assert params["model.embed_dim"] == "768" and params["model.bins"] == "4000"
+
+
+def test_main_with_init_starts_from_a_checkpoint(store, trained):
+    """`mlflow run . -P init=<checkpoint>`: a new run at epoch 1, weights from the checkpoint,
+    nested under the run that wrote it (same experiment). Last in this file: it adds a newer
+    training run, and the tests above look up the latest one."""
+    ckpt = store / "outputs" / trained / "checkpoints" / "epoch_2.ckpt"
+    config = write_tiny_config(store / "cfg-init", train={"output_dir": str(store / "outputs")})
+    result = mlflow_run(store, "main", config=config, init=ckpt, epochs="1", workers="0", samples_per_epoch="16",
+                        run_name="warm-start")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = MlflowClient().search_runs(["0"], filter_string="attributes.run_name = 'warm-start'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["init"] == str(ckpt) and run.data.params["train.init"] == str(ckpt)
+    tags = run.data.tags
+    assert tags["seqtrack.init_source_run"] == trained == tags["mlflow.parentRunId"]
+    assert tags["seqtrack.init_source_epoch"] == "2" and tags["seqtrack.init_kind"] == "file"
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "epoch/val_iou")] == [1]
+    assert "warm start: " in result.stderr
