@@ -214,7 +214,8 @@ def test_val_tracking_logs_the_auc_evaluate_finds_and_picks_best_by_it(tmp_path,
     for key in ("epoch/val_precision", "epoch/val_norm_precision"):
         assert len(client.get_metric_history(run_id, key)) == 2
     best = max(auc, key=lambda e: (auc[e], -e))
-    assert run_cli("--run-id", run_id, "--classes", "airplane", sample_root=sample_root, out=tmp_path / "ev") == 0
+    assert run_cli("--run-id", run_id, "--classes", "airplane", sample_root=sample_root,
+                   out=tmp_path / "ev") == 0
     (ev,) = client.search_runs(["0"], filter_string="tags.`seqtrack.kind` = 'evaluate'")
     assert ev.data.params["eval.epoch"] == str(best)
     assert ev.data.params["eval.epoch_choice"] == f"best epoch/val_auc={auc[best]:.4f}"

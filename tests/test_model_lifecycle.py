@@ -156,7 +156,8 @@ def test_logging_models_changes_no_training_bits(tmp_path):
 def test_which_epochs_become_models():
     history = [{"val_iou": 0.3}, {"val_iou": 0.5}]
     assert logs_model("all", 3, 5, {"val_iou": 0.1}, history)
-    assert not logs_model("last", 3, 5, {"val_iou": 0.9}, history) and logs_model("last", 5, 5, {"val_iou": 0.1}, history)
+    assert not logs_model("last", 3, 5, {"val_iou": 0.9}, history)
+    assert logs_model("last", 5, 5, {"val_iou": 0.1}, history)
     assert logs_model("best", 1, 5, {"val_iou": 0.1}, [])
     assert logs_model("best", 3, 5, {"val_iou": 0.6}, history)
     assert not logs_model("best", 3, 5, {"val_iou": 0.5}, history)  # a tie is no improvement

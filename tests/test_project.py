@@ -59,7 +59,8 @@ def test_main_entry_point_command_resolves_to_the_default_config(tmp_path):
                          capture_output=True, text=True).stdout
     resolved = yaml.safe_load(out)
     assert resolved["train"]["epochs"] == 3 and resolved["seed"] == 8
-    assert resolved["model"]["patch_size"] == 8 and resolved["data"]["samples_per_epoch"] == load_config("default").data.samples_per_epoch
+    assert resolved["model"]["patch_size"] == 8
+    assert resolved["data"]["samples_per_epoch"] == load_config("default").data.samples_per_epoch
     assert resolved["data"]["classes"] == ["airplane", "bicycle"]
     assert resolved["train"]["precision"] == "auto"  # resolved (bf16 or fp32) when training starts
 

@@ -49,7 +49,8 @@ def best_in_history(history: Any, available: Iterable[int]) -> tuple[int, str, f
     return None
 
 
-def best_of_run(run_id: str, available: list[int], last_history: Callable[[], Any]) -> tuple[int, str, float] | None:
+def best_of_run(run_id: str, available: list[int],
+                last_history: Callable[[], Any]) -> tuple[int, str, float] | None:
     """(epoch, metric name, value) by the rule above from the run's logged metrics; if it logged
     none, from the history in its last checkpoint (`last_history()` is called only then)."""
     for _, metric in SCORES:

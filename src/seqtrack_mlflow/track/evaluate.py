@@ -46,18 +46,23 @@ import numpy as np
 
 from seqtrack_mlflow import experiment, names, selection
 from seqtrack_mlflow.config import Config, TrackConfig, load_config
+from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model.load import model_from_checkpoint
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
-from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.track.tracker import SeqTrackTracker, SequenceResult, TrackerConfig, run_sequence, track_frames
+from seqtrack_mlflow.track.tracker import (
+    SeqTrackTracker,
+    SequenceResult,
+    TrackerConfig,
+    run_sequence,
+    track_frames,
+)
 from seqtrack_mlflow.train.checkpoint import MANIFEST, checkpoint_name, load_checkpoint
 from seqtrack_mlflow.train.device import resolve_device
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -123,8 +128,9 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
         return CheckpointChoice(fetch(epochs[-1]), epochs[-1], run_id, "last")
     best = selection.best_of_run(run_id, epochs, lambda: load_checkpoint(fetch(epochs[-1])).get("metrics"))
     if best is None:
-        raise TrackingError(f"run {run_id} has no {names.VAL_AUC} or {names.VAL_IOU} metric (and its last "
-                            "checkpoint no validation history) to pick the best epoch; pass --epoch N or last")
+        raise TrackingError(f"run {run_id} has no {names.VAL_AUC} or {names.VAL_IOU} metric (and its "
+                            "last checkpoint no validation history) to pick the best epoch; pass --epoch N "
+                            "or last")
     epoch, metric, value = best
     return CheckpointChoice(fetch(epoch), epoch, run_id, selection.describe(metric, value))
 

@@ -219,10 +219,11 @@ class Trainer:
                                **{f"val_{k}": v for k, v in tracking.items()},
                                "seconds": time.perf_counter() - t_epoch, "lr": lr,
                                "skipped_samples": float(self.skipped)}
-                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, metrics, self.history)
+                    as_model = logs_model(cfg.mlflow.log_models, epoch, cfg.train.epochs, metrics,
+                                          self.history)
                     self.history.append(metrics)  # logged by save_checkpoint, with the epoch's model
-                    log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f)%s, "
-                             "%.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
+                    log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline "
+                             "%.4f)%s, %.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
                              f", tracking AUC {tracking['auc']:.4f}" if tracking else "", metrics["seconds"])
                     self.save_checkpoint(epoch, as_model)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
@@ -326,13 +327,14 @@ class Trainer:
         """{auc, precision, norm_precision} of tracking the held-out sequences in closed loop, as
         `evaluate` does (fp32, the `track` settings); {} when data.val_tracking leaves it off."""
         d = self.cfg.data
-        if not self.dataset.test or d.val_tracking == "never" or (d.val_tracking == "auto" and d.source != "sample"):
+        tracks = d.val_tracking == "always" or (d.val_tracking == "auto" and d.source == "sample")
+        if not (tracks and self.dataset.test):
             return {}
         t0 = time.perf_counter()
         scores = tracking_scores(self.model, tracker_config(self.cfg, self.cfg.track), self.dataset.test,
                                  self.device)
-        log.info("tracked the %d held-out sequences: AUC %.4f (%.1f s)", len(self.dataset.test), scores["auc"],
-                 time.perf_counter() - t0)
+        log.info("tracked the %d held-out sequences: AUC %.4f (%.1f s)", len(self.dataset.test),
+                 scores["auc"], time.perf_counter() - t0)
         return scores
 
     def _validation_samples(self) -> ValidationSamples | None:
@@ -442,7 +444,8 @@ def _unwrapped(loader):
         raise type(exc)(last.partition(": ")[2] or last) from None
 
 
-def logs_model(mode: str, epoch: int, last_epoch: int, row: dict[str, float], history: list[dict[str, float]]) -> bool:
+def logs_model(mode: str, epoch: int, last_epoch: int, row: dict[str, float],
+               history: list[dict[str, float]]) -> bool:
     """Whether `epoch` (its metrics `row`) becomes a LoggedModel under mlflow.log_models
     (all | best | last); `history` holds the earlier epochs. best: the first epoch and each one
     that beats every earlier one by the `selection` rule."""
