@@ -390,7 +390,6 @@ class EvaluationRun:
         """A table artifact (one row per sequence) shown in the UI's artifact and evaluation views."""
         mlflow.log_table(data=columns, artifact_file=artifact_file)
 
-
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 

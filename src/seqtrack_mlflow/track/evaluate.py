@@ -172,12 +172,13 @@ def tracking_scores(model: Any, tcfg: TrackerConfig, sequences: list[Any], devic
     """Overall AUC, precision and norm_precision of tracking `sequences` in closed loop, nothing
     written: the trainer's per-epoch check (data.val_tracking). The same tracker, frames and
     scoring as `evaluate` (fp32: call it outside autocast), so the values equal its eval/*."""
-    curves = []
+    results = []
     for seq in sequences:
         frames = (read_frame(seq.frame_path(i)) for i in range(len(seq.boxes)))
-        boxes, _ = track_frames(SeqTrackTracker(model, tcfg, device), frames, seq.boxes[0])
-        curves.append(M.sequence_curves(boxes, seq.boxes, seq.visible))
-    return M.average_curves(curves).scores()
+        boxes, times = track_frames(SeqTrackTracker(model, tcfg, device), frames, seq.boxes[0])
+        results.append(SequenceResult(seq.name, boxes, times))
+    overall = score_sequences(results, sequences)["overall"]  # evaluate's scoring, not a copy of it
+    return {key: overall[key] for key in ("auc", "precision", "norm_precision")}
 
 
 def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
