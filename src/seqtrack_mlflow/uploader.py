@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from seqtrack_mlflow import hub
+from seqtrack_mlflow import hub, selection
 from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.mirror import (
@@ -152,11 +151,12 @@ class EpochUploader:
                     rel = f"{weights_dir(epoch)}/{name}"
                     self._files[rel] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
                 self._files[resume_path(epoch)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            if score is not None and not math.isnan(score):
+            if score is not None:
                 self._scores[epoch] = float(score)
         epochs = sorted(self._pending)
-        best = (max(self._scores.items(), key=lambda p: (p[1], -p[0]))[0]
-                if self._scores else max(epochs))
+        # the rule of evaluate's 'best' and the mirror's root: highest finite score, earliest on ties
+        ranked = selection.best_epoch(self._scores.items(), epochs)
+        best = ranked[0] if ranked is not None else max(epochs)
         upload = self._tmp / "upload"
         shutil.rmtree(upload, ignore_errors=True)
         for epoch in todo:  # hard links: no copy of a 1 GB file
