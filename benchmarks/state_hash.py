@@ -26,7 +26,7 @@ def tensor_digest(obj, h) -> None:
     """Feed a nested state (dicts, lists, tensors, numbers) into h in a fixed order."""
     if isinstance(obj, torch.Tensor):
         h.update(str((obj.dtype, tuple(obj.shape))).encode())
-        h.update(obj.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        h.update(obj.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                  if obj.numel() else b"")
     elif isinstance(obj, dict):
         for key in sorted(obj, key=str):
