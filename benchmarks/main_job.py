@@ -42,7 +42,8 @@ from seqtrack_mlflow import experiment, names  # noqa: E402
 from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import model_from_checkpoint  # noqa: E402
-from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint  # noqa: E402
+from seqtrack_mlflow.names import checkpoint_name  # noqa: E402
+from seqtrack_mlflow.train.checkpoint import load_checkpoint  # noqa: E402
 from seqtrack_mlflow.train.trainer import validation_ious  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,8 +30,9 @@ from seqtrack_mlflow import experiment  # noqa: E402
 from seqtrack_mlflow.config import load_config  # noqa: E402
 from seqtrack_mlflow.mirror import export_pretrained  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
-from seqtrack_mlflow.train.checkpoint import checkpoint_name, save_checkpoint  # noqa: E402
-from seqtrack_mlflow.train.trainer import build_optimizer  # noqa: E402
+from seqtrack_mlflow.names import checkpoint_name  # noqa: E402
+from seqtrack_mlflow.train.checkpoint import save_checkpoint  # noqa: E402
+from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:

@@ -59,7 +59,8 @@ from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples  # noqa
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.model.vit import explicit_attention  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402
-from seqtrack_mlflow.train.trainer import build_optimizer, train_step  # noqa: E402
+from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
+from seqtrack_mlflow.train.trainer import train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 MAIN_JOB_SAMPLES = 5 * 2000  # the default `mlflow run . -P epochs=5`

@@ -433,7 +433,7 @@ def _project_checkpoint(folder: Path, change=None) -> Path:
     from seqtrack_mlflow.model import build_seqtrack
     from seqtrack_mlflow.train.checkpoint import CHECKPOINT_FORMAT
     from seqtrack_mlflow.train.determinism import rng_state
-    from seqtrack_mlflow.train.trainer import build_optimizer
+    from seqtrack_mlflow.train.optim import build_optimizer
 
     cfg = load_config(write_tiny_config(folder / "cfg", train={"epochs": 1}, data={"samples_per_epoch": 8}))
     torch.manual_seed(cfg.seed)

@@ -29,6 +29,12 @@ class StorageError(SeqTrackError, OSError):
     OSError, so callers that catch OSError keep working."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line of at most 300 characters (its type name if it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def describe_os_error(exc: OSError, action: str = "write", path=None) -> str:
     """'cannot write /a/b: No space left on device (ENOSPC)': one line naming path and reason
     (`path` names the file when the error itself does not)."""

@@ -29,8 +29,6 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.errors import TrackingError
-from seqtrack_mlflow.train.checkpoint import checkpoint_epochs as _epochs_of
-from seqtrack_mlflow.train.checkpoint import checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +530,7 @@ def checkpoint_epochs(run_id: str) -> list[int]:
     """Epochs N of the run's `checkpoints/epoch_N.ckpt` artifacts, ascending."""
     find_run(run_id)
     with tracking_errors(f"listing the checkpoints of run {run_id}"):
-        return _epochs_of([a.path for a in client().list_artifacts(run_id, names.CHECKPOINTS)])
+        return names.checkpoint_epochs([a.path for a in client().list_artifacts(run_id, names.CHECKPOINTS)])
 
 
 def metric_points(run_id: str, key: str) -> list[tuple[int, float]]:
@@ -583,27 +581,6 @@ def download_artifacts(run_id: str, artifact_path: str, dest: str | Path) -> Pat
         raise TrackingError(f"run {run_id} has no artifact {artifact_path!r} (it has: {listing})"
                             f" [{type(exc).__name__}]") from None
     return Path(local)
-
-
-def download_checkpoints(run_id: str, folder: Path) -> Path:
-    """A run's checkpoints (with manifest) and training log, downloaded into folder; the
-    newest checkpoint's path."""
-    epochs = checkpoint_epochs(run_id)
-    if not epochs:
-        raise TrackingError(f"run {run_id} has no {names.CHECKPOINTS}/epoch_N.ckpt artifact")
-    download_artifacts(run_id, names.CHECKPOINTS, folder)
-    with contextlib.suppress(TrackingError):  # a run killed early may not have logged it
-        download_artifacts(run_id, names.TRAINING_LOG, folder)
-    return folder / names.CHECKPOINTS / checkpoint_name(epochs[-1])
-
-
-def download_checkpoint(run_id: str, epoch: int, folder: Path) -> Path:
-    """One checkpoint of a run, with the manifest that verifies it (not every epoch's file):
-    folder/checkpoints/epoch_N.ckpt and folder/checkpoints/manifest.json; the checkpoint's path."""
-    from seqtrack_mlflow.train.checkpoint import MANIFEST
-
-    download_artifacts(run_id, f"{names.CHECKPOINTS}/{MANIFEST}", folder)
-    return download_artifacts(run_id, f"{names.CHECKPOINTS}/{checkpoint_name(epoch)}", folder)
 
 
 def experiment_of_run(run_id: str) -> str | None:

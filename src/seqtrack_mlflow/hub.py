@@ -52,7 +52,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from seqtrack_mlflow.errors import HubError
+from seqtrack_mlflow.errors import HubError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,6 @@ def _scrub(text: str, token: str | None) -> str:
     return _TOKEN_SHAPE.sub("***", text)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _server_message(exc: HfHubHTTPError) -> str:
     """The server's own error text (X-Error-Message or the JSON 'error'), if any."""
     message = getattr(exc, "server_message", None) or ""
@@ -161,13 +155,13 @@ def _hub_errors(action: str, token: str | None, endpoint: str | None) -> Iterato
         # and has no cached copy: that is not "file not found", say what it is.
         cause = exc.__cause__ or exc
         raise HubError(_scrub(f"{action}: could not reach {where} ({type(cause).__name__}: "
-                              f"{_first_line(cause)}) and the file is not in the local cache; check "
+                              f"{first_line(cause)}) and the file is not in the local cache; check "
                               f"the network, HF_HUB_OFFLINE and SEQTRACK_HF_ENDPOINT", token)) from None
     except EntryNotFoundError:
         raise RemoteFileMissing(_scrub(f"{action}: file not found on {where}", token)) from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        detail = _server_message(exc) or _first_line(exc)
+        detail = _server_message(exc) or first_line(exc)
         if status == 401:
             message = (f"{action}: the Hub at {where} rejected the token (HTTP 401: {detail}); "
                        f"set a valid HF_TOKEN or run `hf auth login`")
@@ -182,7 +176,7 @@ def _hub_errors(action: str, token: str | None, endpoint: str | None) -> Iterato
         # wraps LFS upload failures in RuntimeError("Error while uploading ...") from the cause.
         cause = exc.__cause__ or exc
         raise HubError(_scrub(f"{action}: connection to {where} failed ({type(cause).__name__}: "
-                              f"{_first_line(cause)}); rerun the same command: files already on "
+                              f"{first_line(cause)}); rerun the same command: files already on "
                               f"the Hub are not sent again", token)) from None
     except ValueError as exc:  # client-side validation, e.g. README metadata refused
         # The Hub's reasons follow on "- ..." lines: keep them, on the one line.
@@ -279,7 +273,7 @@ def upload_folder(repo_id: str, folder: str | Path, token: str | None, endpoint:
             if transport != "xet" or not _is_xet_refusal(exc):
                 raise
             log.warning("the Hub at %s refused Xet storage (%s); uploading over plain LFS instead",
-                        resolve_endpoint(endpoint), _scrub(_first_line(exc), token))
+                        resolve_endpoint(endpoint), _scrub(first_line(exc), token))
             transport = "lfs"
             with _xet_disabled():
                 info = api.create_commit(repo_id, operations(), **kwargs)

@@ -1,8 +1,12 @@
-"""Names shared between writers and readers of a run: metric keys, tags, artifact paths.
+"""Names shared between writers and readers: metric keys, tags, artifact paths, file names.
 
-A run written by the trainer is read back by resume, evaluate, mirror and the benchmarks; each
-name below is written once here so they cannot drift apart.
+A run written by the trainer is read back by resume, evaluate, mirror and the benchmarks; a
+mirrored Hub repo is read back by warm start and fetch-hub. Each name below is written once
+here so they cannot drift apart.
 """
+
+import re
+from pathlib import Path
 
 # -- metrics (step = global training samples seen) ---------------------------------------------
 TRAIN_LOSS = "train/loss"
@@ -11,6 +15,8 @@ BLOCK_METRICS = (TRAIN_LOSS, TRAIN_IOU, "time/block_seconds", "time/elapsed_seco
                  "time/eta_epoch_seconds", "time/samples_per_second")
 
 # -- metrics (step = epoch) --------------------------------------------------------------------
+# The trainer keeps one row per epoch ({"train_loss": ..., "val_iou": ...}, in checkpoints too)
+# and logs each key under EPOCH_PREFIX.
 EPOCH_PREFIX = "epoch/"
 EPOCH_TRAIN_LOSS = "epoch/train_loss"
 VAL_IOU = "epoch/val_iou"
@@ -48,3 +54,31 @@ SUMMARY_FILE = "dataset_summary.json"
 REPORT_FILE = "report.md"
 PLOTS = "plots"
 EVALUATION = "evaluation"
+RUN_FILES = (TRAINING_LOG, REPORT_FILE, CONFIG_FILE, SUMMARY_FILE)  # a run's own files, mirrored as they are
+
+# -- checkpoint files: checkpoints/epoch_N.ckpt beside checkpoints/manifest.json ---------------
+MANIFEST = "manifest.json"  # sha256 of every file beside it (a checkpoint folder, a Hub repo)
+_CHECKPOINT_RE = re.compile(r"epoch_([1-9]\d*)\.ckpt")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch}.ckpt"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """N of 'epoch_N.ckpt' (a bare name or a path), None for any other file name."""
+    match = _CHECKPOINT_RE.fullmatch(Path(name).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_epochs(paths: list[str]) -> list[int]:
+    """The epochs of the checkpoint files among these names, ascending."""
+    return sorted(e for e in map(checkpoint_epoch, paths) if e is not None)
+
+
+# -- exported weights (a LoggedModel's weights/, a Hub repo's root and checkpoints/epoch_N/) ----
+WEIGHTS_CONFIG = "config.json"  # ModelConfig fields at the top level, as PyTorchModelHubMixin writes them
+WEIGHTS_FILE = "model.safetensors"
+
+# -- the Hugging Face Hub ------------------------------------------------------------------------
+DEFAULT_HUB_REPO = "hossamaladdin/Assignment3"  # the assignment's repo; configs/default.yaml holds it too

@@ -81,14 +81,14 @@ class SeqTrackPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from seqtrack_mlflow.model.load import from_pretrained
+        from seqtrack_mlflow.model.seqtrack import SeqTrack
         from seqtrack_mlflow.track.tracker import TrackerConfig
 
         # Building the network draws its random init before the weights replace it: fork the
         # RNG so loading a model inside a training process changes nothing it computes next.
         with torch.random.fork_rng(devices=[]):
             device = "cuda" if torch.cuda.is_available() else "cpu"
-            self.model = from_pretrained(context.artifacts[WEIGHTS_ARTIFACT], map_location=device)
+            self.model = SeqTrack.from_pretrained(context.artifacts[WEIGHTS_ARTIFACT], map_location=device)
         settings = self.model.tracker_settings
         known = {f.name for f in dataclasses.fields(TrackerConfig)}
         track = {k: v for k, v in dict(context.model_config or {}).items() if k in known}

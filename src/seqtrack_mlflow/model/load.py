@@ -5,8 +5,9 @@
 - `load_official(path, cfg)`: a released SeqTrack checkpoint (SEQTRACK_ep0500.pth.tar, weights
   under 'net') with strict=True, position embeddings resampled when crop sizes differ;
 - `model_from_checkpoint(state)`: this project's checkpoint, rebuilt from its stored config.
+(`SeqTrack.from_pretrained` reads the exported config.json + model.safetensors layout.)
 
-Files are read by `train.checkpoint.read_torch_file`, the project's one safe loader.
+Files are read by `torchfile.read_torch_file`, the project's one safe loader.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from seqtrack_mlflow.config import Config, ModelConfig, load_config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError
 from seqtrack_mlflow.model.seqtrack import SeqTrack
 from seqtrack_mlflow.model.vit import resize_pos_embed
-from seqtrack_mlflow.train.checkpoint import read_torch_file, state_dict_of
+from seqtrack_mlflow.model.weights import load_strict
+from seqtrack_mlflow.torchfile import read_torch_file, state_dict_of
 
 OFFICIAL_KEYS = Path(__file__).with_name("official_keys.txt")
 
@@ -36,28 +37,6 @@ def build_seqtrack(cfg: ModelConfig) -> SeqTrack:
     if cfg.pretrained:
         load_pretrained_encoder(model, cfg.pretrained)
     return model
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """load_state_dict(strict=True) with each kind of mismatch reported as CheckpointError
-    (the first differing key and both shapes for a shape mismatch)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[:3]}")
-        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}")
-    wrong = [k for k, v in own.items() if state[k].shape != v.shape]
-    if wrong:
-        k = wrong[0]
-        raise CheckpointError(f"{source} does not fit the model: {len(wrong)} tensor(s) of another shape, "
-                              f"first {k}: {tuple(state[k].shape)} in the weights vs {tuple(own[k].shape)} "
-                              "in the model")
-    module.load_state_dict(state, strict=True)
 
 
 def adapt_pos_embeds(state: Mapping[str, torch.Tensor], model: SeqTrack) -> dict[str, torch.Tensor]:
@@ -155,57 +134,6 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> tuple[SeqTrack,
     model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))  # weights from the checkpoint
     load_strict(model, state_dict_of(state["model_state_dict"], source), source)
     return model.eval(), cfg
-
-
-def from_pretrained(repo_id_or_path: str | Path, revision: str | None = None, subfolder: str = "",
-                    token: str | None = None, endpoint: str | None = None,
-                    map_location: str | torch.device = "cpu") -> SeqTrack:
-    """A ready model (eval mode) from a Hub repo or a local folder in one call.
-
-    Reads `config.json` (ModelConfig fields at the top level, as PyTorchModelHubMixin writes
-    init kwargs) and `model.safetensors` (no pickle: nothing in the file can run code).
-    `revision` (branch, tag such as run-1a2b3c4d, or commit) pins a mirrored run;
-    `subfolder="checkpoints/epoch_3"` picks one epoch instead of the best. The crop geometry the
-    weights were trained with is in `model.tracker_settings` (TrackerConfig fields). Hub
-    downloads go through seqtrack_mlflow.hub (HF cache).
-    """
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from seqtrack_mlflow.model.seqtrack import HUB_CONFIG_NAME, HUB_WEIGHTS_NAME
-
-    names = [f"{subfolder.strip('/')}/{n}" if subfolder.strip("/") else n
-             for n in (HUB_CONFIG_NAME, HUB_WEIGHTS_NAME)]
-    local = Path(repo_id_or_path)
-    if local.is_dir():
-        config_path, weights_path = (local / n for n in names)
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise CheckpointError(f"{path} does not exist; a pretrained folder holds "
-                                      f"{HUB_CONFIG_NAME} and {HUB_WEIGHTS_NAME}")
-    else:
-        from seqtrack_mlflow import hub
-
-        config_path, weights_path = (hub.cached_file(str(repo_id_or_path), n, revision=revision,
-                                                     token=token, endpoint=endpoint) for n in names)
-    source = f"{repo_id_or_path}: {names[1]}"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
-        model_cfg = Config.from_dict({"model": {k: v for k, v in config.items() if k in known}},
-                                     origin=f"{repo_id_or_path}: {names[0]}").model
-        state = load_file(str(weights_path), device="cpu")
-    except (ValueError, OSError, SafetensorError) as exc:
-        raise CheckpointError(f"{source} cannot be read with {names[0]}: {exc}") from None
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
-    model = SeqTrack(model_cfg)
-    load_strict(model, state, source)
-    model.tracker_settings = {"template_size": model_cfg.template_size, "search_size": model_cfg.search_size,
-                              "num_templates": model_cfg.num_templates, **dict(config.get("tracker") or {})}
-    return model.to(map_location).eval()
 
 
 def official_key_shapes(path: Path = OFFICIAL_KEYS) -> dict[str, tuple[int, ...]]:

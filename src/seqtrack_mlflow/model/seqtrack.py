@@ -21,20 +21,23 @@ equal the official ones (see official_keys.txt next to this file).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqtrack_mlflow.config import ModelConfig
+from seqtrack_mlflow.config import Config, ModelConfig
+from seqtrack_mlflow.errors import CheckpointError, ConfigError
 from seqtrack_mlflow.model.decoder import SeqTrackDecoder
 from seqtrack_mlflow.model.vit import VisionTransformer
+from seqtrack_mlflow.model.weights import load_strict
+from seqtrack_mlflow.names import WEIGHTS_CONFIG, WEIGHTS_FILE
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
-# File names of the Hub layout (PyTorchModelHubMixin's, so Hub tooling recognises the repo).
-HUB_CONFIG_NAME = "config.json"
-HUB_WEIGHTS_NAME = "model.safetensors"
 
 
 def end_token(bins: int) -> int:
@@ -250,15 +253,51 @@ class SeqTrack(nn.Module):
     # -- Hugging Face Hub (the PyTorchModelHubMixin layout: config.json + model.safetensors) ----
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path, revision: str | None = None, subfolder: str = "",
+    def from_pretrained(cls, repo_id_or_path: str | Path, revision: str | None = None, subfolder: str = "",
                         token: str | None = None, endpoint: str | None = None,
                         map_location: str | torch.device = "cpu") -> "SeqTrack":
-        """A ready model (eval mode) from a Hub repo or a local folder in one call: see
-        `seqtrack_mlflow.model.load.from_pretrained`."""
-        from seqtrack_mlflow.model.load import from_pretrained
+        """A ready model (eval mode) from a Hub repo or a local folder in one call.
 
-        return from_pretrained(repo_id_or_path, revision=revision, subfolder=subfolder, token=token,
-                               endpoint=endpoint, map_location=map_location)
+        Reads `config.json` (ModelConfig fields at the top level, as PyTorchModelHubMixin writes
+        init kwargs) and `model.safetensors` (no pickle: nothing in the file can run code).
+        `revision` (branch, tag such as run-1a2b3c4d, or commit) pins a mirrored run;
+        `subfolder="checkpoints/epoch_3"` picks one epoch instead of the best. The crop geometry the
+        weights were trained with is in `model.tracker_settings` (TrackerConfig fields). Hub
+        downloads go through seqtrack_mlflow.hub (HF cache).
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        names = [f"{subfolder.strip('/')}/{n}" if subfolder.strip("/") else n
+                 for n in (WEIGHTS_CONFIG, WEIGHTS_FILE)]
+        local = Path(repo_id_or_path)
+        if local.is_dir():
+            config_path, weights_path = (local / n for n in names)
+            for path in (config_path, weights_path):
+                if not path.is_file():
+                    raise CheckpointError(f"{path} does not exist; a pretrained folder holds "
+                                          f"{WEIGHTS_CONFIG} and {WEIGHTS_FILE}")
+        else:
+            from seqtrack_mlflow import hub
+
+            config_path, weights_path = (hub.cached_file(str(repo_id_or_path), n, revision=revision,
+                                                         token=token, endpoint=endpoint) for n in names)
+        source = f"{repo_id_or_path}: {names[1]}"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
+            model_cfg = Config.from_dict({"model": {k: v for k, v in config.items() if k in known}},
+                                         origin=f"{repo_id_or_path}: {names[0]}").model
+            state = load_file(str(weights_path), device="cpu")
+        except (ValueError, OSError, SafetensorError) as exc:
+            raise CheckpointError(f"{source} cannot be read with {names[0]}: {exc}") from None
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
+        model = cls(model_cfg)
+        load_strict(model, state, source)
+        model.tracker_settings = {"template_size": model_cfg.template_size, "search_size": model_cfg.search_size,
+                                  "num_templates": model_cfg.num_templates, **dict(config.get("tracker") or {})}
+        return model.to(map_location).eval()
 
     # -- bookkeeping --------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ decoding excluded), overall over all frames of all sequences.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,7 +58,8 @@ from seqtrack_mlflow.track.tracker import (
     run_sequence,
     track_frames,
 )
-from seqtrack_mlflow.train.checkpoint import MANIFEST, checkpoint_name, load_checkpoint
+from seqtrack_mlflow.names import checkpoint_name
+from seqtrack_mlflow.train.checkpoint import download_checkpoint, load_checkpoint
 from seqtrack_mlflow.train.device import resolve_device
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,7 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
         raise TrackingError(f"run {run_id} has no checkpoints/epoch_N.ckpt artifacts")
 
     def fetch(epoch: int) -> Path:
-        """The checkpoint and the run's manifest, so the file is verified before it is used
-        (a run without a manifest gives an unverified checkpoint, with a warning)."""
-        with contextlib.suppress(TrackingError):
-            experiment.download_artifacts(run_id, f"{names.CHECKPOINTS}/{MANIFEST}", dest)
-        local = experiment.download_artifacts(run_id, f"{names.CHECKPOINTS}/{checkpoint_name(epoch)}", dest)
-        return local if local.is_file() else local / checkpoint_name(epoch)
+        return download_checkpoint(run_id, epoch, dest)
 
     if spec == "all":
         raise ConfigError("--epoch all is handled by evaluate_all")

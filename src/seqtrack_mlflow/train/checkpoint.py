@@ -1,4 +1,4 @@
-"""Everything about checkpoint files: names, the manifest, the atomic write, the one safe load.
+"""The checkpoint manager: what a checkpoint holds, writing it, the manifest, loading, restoring.
 
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so
 `torch.load(..., weights_only=True)` always works and a file from a stranger cannot run code.
@@ -12,46 +12,36 @@ Files are written with `fsutil.atomic_write`: complete or absent, whatever stops
 `manifest.json` beside them lists each file's epoch, size and sha256; wherever a manifest
 exists, a checkpoint is verified against it before it is used, and a file it does not match is
 refused. A checkpoint with no manifest beside it loads with a warning that it is unverified.
+`restore` puts a state back into model, optimizer, scheduler and RNGs, both for a resume and
+for `check_restorable`'s dry run into throw-away objects before a run exists.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import dataclasses
 import json
 import logging
-import pickle
-import re
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from seqtrack_mlflow.errors import CheckpointError, StorageError
+from seqtrack_mlflow import experiment, provenance
+from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.errors import CheckpointError, StorageError, TrackingError, first_line
 from seqtrack_mlflow.fsutil import atomic_write, remove_temp_files, sha256_file
+from seqtrack_mlflow.model.seqtrack import SeqTrack
+from seqtrack_mlflow.model.weights import load_strict
+from seqtrack_mlflow.names import CHECKPOINTS, MANIFEST, TRAINING_LOG, checkpoint_epochs, checkpoint_name
+from seqtrack_mlflow.torchfile import read_torch_file, state_dict_of
+from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
+from seqtrack_mlflow.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "seqtrack-mlflow/1"
 REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "epoch", "seed")
-MANIFEST = "manifest.json"
-_NAME_RE = re.compile(r"epoch_([1-9]\d*)\.ckpt")
-
-
-# -- names ---------------------------------------------------------------------------------------
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch}.ckpt"
-
-
-def checkpoint_epoch(name: str) -> int | None:
-    """N of 'epoch_N.ckpt' (a bare name or a path), None for any other file name."""
-    match = _NAME_RE.fullmatch(Path(name).name)
-    return int(match.group(1)) if match else None
-
-
-def checkpoint_epochs(names: list[str]) -> list[int]:
-    """The epochs of the checkpoint files among these names, ascending."""
-    return sorted(e for e in map(checkpoint_epoch, names) if e is not None)
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -63,6 +53,28 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 # -- writing -------------------------------------------------------------------------------------
+def training_state(epoch: int, cfg: Config, model, optimizer, scheduler, scaler, history: list[dict],
+                   global_samples: int, elapsed_seconds: float, run_id: str) -> dict[str, Any]:
+    """Everything a checkpoint holds (see the module docstring), as plain data."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler.state_dict(),
+        "epoch": epoch,
+        "seed": cfg.seed,
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        "metrics": [dict(h) for h in history],
+        "progress": {"global_samples": global_samples, "elapsed_seconds": elapsed_seconds},
+        "versions": provenance.versions(),
+        "run_id": run_id,
+    }
+    if scaler.is_enabled():
+        state["scaler_state_dict"] = scaler.state_dict()
+    return state
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write `state` to `path`."""
     try:
@@ -97,7 +109,8 @@ class Manifest:
             doc = json.loads(manifest.path.read_text(encoding="utf-8"))
             entries = doc["checkpoints"]
             manifest.entries = {int(e["epoch"]): {"file": str(e["file"]), "epoch": int(e["epoch"]),
-                                                  "sha256": str(e["sha256"]), "bytes": int(e["bytes"])}
+                                                  "sha256": str(e["sha256"]).lower(),
+                                                  "bytes": int(e["bytes"]) if e.get("bytes") is not None else None}
                                 for e in entries}
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{manifest.path} is not a checkpoint manifest ({type(exc).__name__}: "
@@ -140,74 +153,6 @@ def verify_checkpoint(path: str | Path) -> bool:
 
 
 # -- reading -------------------------------------------------------------------------------------
-class _OfficialRecord:
-    """Inert stand-in for the official trainer's bookkeeping objects in a .pth.tar
-    (Settings, AverageMeter, ...): keeps their plain-data state and runs none of their code."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_OfficialRecord":
-        return super().__new__(cls)
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-# Globals an official SEQTRACK_ep*.pth.tar may hold besides tensors (lib/train/trainers/
-# base_trainer.py save_checkpoint stores 'stats' and 'settings' objects). Only these exact
-# names are let through, each as an inert stand-in; anything else is refused.
-_OFFICIAL_GLOBALS: dict[str, Any] = {
-    "lib.train.admin.settings.Settings": _OfficialRecord,
-    "lib.train.admin.stats.AverageMeter": _OfficialRecord,
-    "lib.train.admin.stats.StatValue": _OfficialRecord,
-    "lib.train.admin.local.EnvironmentSettings": _OfficialRecord,
-    "argparse.Namespace": _OfficialRecord,
-    "easydict.EasyDict": collections.OrderedDict,  # a dict subclass: keep keys and attributes
-}
-# What a torch.load of a damaged or foreign file raises (an unpickler fed garbage can raise
-# almost anything: IndexError and KeyError were seen on /etc/passwd).
-_LOAD_ERRORS = (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError,
-                TypeError, AttributeError, UnicodeDecodeError, MemoryError, OverflowError)
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line of at most 300 characters (its type name if it has no text)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def read_torch_file(path: str | Path) -> Any:
-    """torch.load(weights_only=True) with every failure turned into one CheckpointError line.
-
-    If the safe loader refuses the file only because of the official trainer's bookkeeping
-    objects, they are read as inert records (never executed); any other global is refused.
-    Never retry with weights_only=False.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refusal = exc
-    except _LOAD_ERRORS as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
-                              f"({type(exc).__name__}: {first_line(exc)})") from None
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (*_LOAD_ERRORS, pickle.UnpicklingError):
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or not a PyTorch checkpoint "
-                              f"({first_line(refusal)})") from None
-    unknown = sorted(set(names) - set(_OFFICIAL_GLOBALS))
-    if not names or unknown:
-        detail = f"unknown object types {unknown}" if unknown else first_line(refusal)
-        raise CheckpointError(f"checkpoint {str(path)!r} holds objects that are not plain data and was "
-                              f"refused (it could execute code): {detail}") from None
-    try:
-        with torch.serialization.safe_globals([(_OFFICIAL_GLOBALS[n], n) for n in names]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (*_LOAD_ERRORS, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be loaded safely: {first_line(exc)}") from None
-
-
 def load_checkpoint(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """A checkpoint of this project: verified against its manifest (when one is beside it),
     loaded safely, and checked to hold what training needs; CheckpointError says what is wrong."""
@@ -249,17 +194,70 @@ def check_resumable(state: dict[str, Any], path: Path | str) -> None:
                                   "it cannot be resumed exactly")
 
 
-def state_dict_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The model state dict inside a loaded object (official checkpoints keep it under 'net')."""
-    if isinstance(obj, Mapping):
-        for key in ("net", "model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{source} holds no state dict (want a mapping of tensors, or one under 'net')")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{source} is not a state dict: entries {bad[:3]} are not tensors")
-    # Checkpoints saved from a DistributedDataParallel wrapper prefix every name with 'module.'.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+# -- restoring ------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a restored state hands back to the training loop besides the objects it filled."""
+    history: list[dict[str, float]]
+    global_samples: int
+    elapsed_seconds: float
+
+
+# What restoring a damaged (but safely loaded) state raises from torch's load_state_dict /
+# set_rng_state and the plain-data accesses around them.
+RESTORE_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
+
+
+def restore(state: dict[str, Any], model, optimizer, scheduler, scaler, source: str) -> Restored:
+    """Put a resumable state back: weights (strict), optimizer, scheduler, loss scaler, every
+    RNG. A damaged state is one CheckpointError line naming `source`."""
+    try:
+        load_strict(model, state_dict_of(state["model_state_dict"], source), source)
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        if "scaler_state_dict" in state and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler_state_dict"])
+        set_rng_state(state["rng"])
+        return Restored(history=[dict(h) for h in state["metrics"]],
+                        global_samples=int(state["progress"]["global_samples"]),
+                        elapsed_seconds=float(state["progress"]["elapsed_seconds"]))
+    except RESTORE_ERRORS as exc:
+        raise CheckpointError(f"{source} cannot be restored ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def check_restorable(cfg: Config, state: dict[str, Any], source: str) -> None:
+    """`restore` into a throw-away model, optimizer and scaler, so that a tensor of the wrong
+    shape, a damaged optimizer or RNG state stops with one line before any run exists. Every
+    global generator is left exactly as it was."""
+    saved = rng_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))
+            optimizer, scheduler = build_optimizer(model, cfg.train)
+            scaler = torch.amp.GradScaler("cpu", enabled=False)
+            restore(state, model, optimizer, scheduler, scaler, source)
+    finally:
+        set_rng_state(saved)
+
+
+# -- a run's checkpoints in the tracking store ----------------------------------------------------
+def download_checkpoints(run_id: str, folder: Path) -> Path:
+    """A run's checkpoints (with manifest) and training log, downloaded into folder; the
+    newest checkpoint's path."""
+    epochs = experiment.checkpoint_epochs(run_id)
+    if not epochs:
+        raise TrackingError(f"run {run_id} has no {CHECKPOINTS}/epoch_N.ckpt artifact")
+    experiment.download_artifacts(run_id, CHECKPOINTS, folder)
+    with contextlib.suppress(TrackingError):  # a run killed early may not have logged it
+        experiment.download_artifacts(run_id, TRAINING_LOG, folder)
+    return folder / CHECKPOINTS / checkpoint_name(epochs[-1])
+
+
+def download_checkpoint(run_id: str, epoch: int, folder: Path) -> Path:
+    """One checkpoint of a run, with the manifest that verifies it (not every epoch's file):
+    folder/checkpoints/epoch_N.ckpt and folder/checkpoints/manifest.json; the checkpoint's path.
+    A run without a manifest gives an unverified checkpoint (`load_checkpoint` warns)."""
+    with contextlib.suppress(TrackingError):
+        experiment.download_artifacts(run_id, f"{CHECKPOINTS}/{MANIFEST}", folder)
+    local = experiment.download_artifacts(run_id, f"{CHECKPOINTS}/{checkpoint_name(epoch)}", folder)
+    return local if local.is_file() else local / checkpoint_name(epoch)

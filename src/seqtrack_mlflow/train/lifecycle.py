@@ -12,12 +12,12 @@ import torch
 
 from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
-from seqtrack_mlflow.errors import SeqTrackError
+from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.train import distributed
 from seqtrack_mlflow.train.checkpoint import list_checkpoints
 from seqtrack_mlflow.train.determinism import seed_everything
 from seqtrack_mlflow.train.device import check_precision, resolve_device, resolve_precision
-from seqtrack_mlflow.train.resume import first_line, load_resume_state
+from seqtrack_mlflow.train.resume import load_resume_state
 from seqtrack_mlflow.train.signals import StopFlag, StopRequested
 from seqtrack_mlflow.train.trainer import Trainer
 from seqtrack_mlflow.train.warm_start import check_init_config, load_init

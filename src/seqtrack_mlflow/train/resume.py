@@ -23,10 +23,11 @@ from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, TrackingError
 from seqtrack_mlflow.model.load import checkpoint_config
+from seqtrack_mlflow.names import checkpoint_name
 from seqtrack_mlflow.train.checkpoint import (
+    check_restorable,
     check_resumable,
-    checkpoint_name,
-    first_line,
+    download_checkpoints,
     load_checkpoint,
     remove_stale_temp_files,
     verify_checkpoint,
@@ -105,7 +106,7 @@ def load_resume_state(cfg: Config) -> ResumeState:
             verify_checkpoint(earlier)
         check_resumable(resume.state, spec)
         check_resume_config(cfg, resume.state, spec)
-        check_restorable(cfg, resume.state, spec)
+        check_restorable(cfg, resume.state, f"resume: {spec}")
         if resume.epoch > cfg.train.epochs or (resume.epoch == cfg.train.epochs
                                               and not _unfinished(resume, cfg)):
             raise ConfigError(f"train.epochs: {cfg.train.epochs} is not allowed; {spec} already finished "
@@ -134,42 +135,6 @@ def _unfinished(resume: ResumeState, cfg: Config) -> bool:
     return status != "FINISHED"
 
 
-# What restoring a damaged (but safely loaded) state raises from torch's load_state_dict /
-# set_rng_state and the plain-data accesses around them.
-_RESTORE_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
-
-
-def check_restorable(cfg: Config, state: dict[str, Any], spec: str) -> None:
-    """Restore the checkpoint into a throw-away model and optimizer, so that a tensor of the wrong
-    shape, a damaged optimizer or RNG state stops here with one line, before any run exists.
-    Every global generator is left exactly as it was (the real restore happens in the Trainer)."""
-    import torch
-
-    from seqtrack_mlflow.model.load import load_strict
-    from seqtrack_mlflow.model.seqtrack import SeqTrack
-    from seqtrack_mlflow.train.checkpoint import state_dict_of
-    from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
-    from seqtrack_mlflow.train.trainer import build_optimizer
-
-    source = f"resume: {spec}"
-    saved = rng_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))
-            load_strict(model, state_dict_of(state["model_state_dict"], source), source)
-            optimizer, scheduler = build_optimizer(model, cfg.train)
-            optimizer.load_state_dict(state["optimizer_state_dict"])
-            scheduler.load_state_dict(state["scheduler_state_dict"])
-            set_rng_state(state["rng"])
-            int(state["progress"]["global_samples"])
-            float(state["progress"]["elapsed_seconds"])
-            [dict(h) for h in state["metrics"]]
-    except _RESTORE_ERRORS as exc:
-        raise CheckpointError(f"{source} cannot be restored ({type(exc).__name__}: {first_line(exc)})") from None
-    finally:
-        set_rng_state(saved)
-
-
 def _download(run_id: str, folder: Path) -> ResumeState:
     """The newest checkpoint of training run `run_id` (all its checkpoints land in `folder`)."""
     run = experiment.training_run(run_id)
@@ -177,7 +142,7 @@ def _download(run_id: str, folder: Path) -> ResumeState:
     if not epochs:
         raise CheckpointError(f"resume: run {run_id} stopped before its first checkpoint: there is "
                               "nothing to resume; start a new run")
-    path = experiment.download_checkpoints(run_id, folder)
+    path = download_checkpoints(run_id, folder)
     state = load_checkpoint(path)
     for leftover in experiment.remove_upload_leftovers(run_id):
         log.info("removed %s, left by an interrupted artifact copy", leftover)

@@ -14,7 +14,6 @@ batch; only the main rank (`is_main`) validates, logs and writes files, and the 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -32,17 +31,18 @@ from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
 from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
-from seqtrack_mlflow.errors import CheckpointError, SeqTrackError
+from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
 from seqtrack_mlflow.track.evaluate import tracker_config, tracking_scores
 from seqtrack_mlflow.train import distributed, report
 from seqtrack_mlflow.train.actor import SeqTrackActor
-from seqtrack_mlflow.train.checkpoint import CHECKPOINT_FORMAT, Manifest, checkpoint_name, save_checkpoint
-from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
+from seqtrack_mlflow.names import checkpoint_name
+from seqtrack_mlflow.train.checkpoint import Manifest, restore, save_checkpoint, training_state
 from seqtrack_mlflow.train.device import autocast
 from seqtrack_mlflow.train.progress import ProgressLog, format_block
-from seqtrack_mlflow.train.resume import _RESTORE_ERRORS, ResumeState, adopt, first_line
+from seqtrack_mlflow.train.optim import build_optimizer
+from seqtrack_mlflow.train.resume import ResumeState, adopt
 from seqtrack_mlflow.train.signals import StopRequested, ignore_sigint_in_worker
 from seqtrack_mlflow.train.warm_start import InitWeights, inherited_tags
 
@@ -51,31 +51,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(SeqTrackError):
     """The loss became NaN or inf; training stops, the last good checkpoint is kept."""
-
-
-def cosine_factor(step: int, warmup: int, total: int) -> float:
-    """lr multiplier after `step` optimizer steps: linear warm-up from 0 over `warmup` steps,
-    then half a cosine down to 0 at `total` (SGDR, Loshchilov & Hutter 2017, without restarts;
-    the warm-up as in Goyal et al. 2017)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
-
-
-def build_optimizer(model: torch.nn.Module, t: TrainConfig, steps_per_epoch: int = 1):
-    """AdamW over the model's (decoder, encoder) groups and the lr schedule: the official
-    StepLR counted in epochs ('step'), or warm-up + cosine counted in optimizer steps."""
-    # fused: one kernel for all parameters, same AdamW math; torch's CPU default is a Python
-    # loop per tensor (x4 slower for B256, benchmarks/speed.py).
-    optimizer = torch.optim.AdamW(model.param_groups(t.lr, t.encoder_lr_mult, t.weight_decay), lr=t.lr,
-                                  weight_decay=t.weight_decay, fused=True)
-    if t.schedule == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t.lr_drop_epoch, gamma=t.lr_drop_factor)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-            cosine_factor, warmup=t.warmup_steps, total=t.epochs * steps_per_epoch))
-    return optimizer, scheduler
 
 
 def train_step(actor, model: torch.nn.Module, optimizer, scaler, batch: dict[str, torch.Tensor],
@@ -133,23 +108,11 @@ class Trainer:
             self._log_run_info(resume, init)
 
     def _restore(self, resume: ResumeState) -> None:
-        try:
-            self._load_state(resume)
-        except _RESTORE_ERRORS as exc:  # check_restorable ran these before the run: a backstop
-            raise CheckpointError(f"resume: {resume.path} cannot be restored "
-                                  f"({type(exc).__name__}: {first_line(exc)})") from None
-
-    def _load_state(self, resume: ResumeState) -> None:
-        state = resume.state
-        self.model.load_state_dict(state["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        self.scheduler.load_state_dict(state["scheduler_state_dict"])
-        if "scaler_state_dict" in state and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler_state_dict"])
-        set_rng_state(state["rng"])
-        self.history = [dict(h) for h in state["metrics"]]
-        self.global_samples = int(state["progress"]["global_samples"])
-        self.elapsed_before = float(state["progress"]["elapsed_seconds"])
+        restored = restore(resume.state, self.model, self.optimizer, self.scheduler, self.scaler,
+                           f"resume: {resume.path}")
+        self.history = restored.history
+        self.global_samples = restored.global_samples
+        self.elapsed_before = restored.elapsed_seconds
         self.start_epoch = resume.epoch + 1
         log.info("resuming from %s: epoch %d done, continuing with epoch %d", resume.describe(),
                  resume.epoch, self.start_epoch)
@@ -346,23 +309,9 @@ class Trainer:
     # -- checkpoints and the end -----------------------------------------------------------------
     def save_checkpoint(self, epoch: int, as_model: bool = False) -> None:
         t0 = time.perf_counter()
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "scheduler_state_dict": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "seed": self.cfg.seed,
-            "rng": rng_state(),
-            "config": self.cfg.to_dict(),
-            "metrics": [dict(h) for h in self.history],
-            "progress": {"global_samples": self.global_samples,
-                         "elapsed_seconds": time.perf_counter() - self.t_start},
-            "versions": provenance.versions(),
-            "run_id": self.run.run_id,
-        }
-        if self.scaler.is_enabled():
-            state["scaler_state_dict"] = self.scaler.state_dict()
+        state = training_state(epoch, self.cfg, self.model, self.optimizer, self.scheduler, self.scaler,
+                               self.history, self.global_samples, time.perf_counter() - self.t_start,
+                               self.run.run_id)
         path = save_checkpoint(self.ckpt_dir / checkpoint_name(epoch), state)
         # Listed at once: if the tracking store fails below, the local file is still verifiable.
         self.manifest.add(path, epoch)

@@ -40,16 +40,11 @@ import torch
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, ModelConfig
-from seqtrack_mlflow.errors import CheckpointError, ConfigError, SeqTrackError
+from seqtrack_mlflow.errors import CheckpointError, ConfigError, SeqTrackError, first_line
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.train.checkpoint import (
-    check_state,
-    checkpoint_epoch,
-    first_line,
-    read_torch_file,
-    state_dict_of,
-    verify_checkpoint,
-)
+from seqtrack_mlflow.names import checkpoint_epoch
+from seqtrack_mlflow.torchfile import read_torch_file, state_dict_of
+from seqtrack_mlflow.train.checkpoint import check_state, download_checkpoint, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +227,7 @@ def _from_run(spec: str, run_id: str, epoch: int | None, tmp: Path) -> InitWeigh
     if epoch not in epochs:
         raise ConfigError(f"run {run_id} has no checkpoint of epoch {epoch}; it has epochs "
                           f"{', '.join(map(str, epochs))}")
-    path = experiment.download_checkpoint(run_id, epoch, tmp)
+    path = download_checkpoint(run_id, epoch, tmp)
     init = _from_file(spec, path)
     return dataclasses.replace(init, kind="run", run_id=run_id, run_experiment=run.info.experiment_id,
                                epoch=epoch)
