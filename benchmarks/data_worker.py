@@ -32,8 +32,8 @@ from seqtrack_mlflow.data.sampler import TrainSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402
 from seqtrack_mlflow.train.device import resolve_precision  # noqa: E402
+from seqtrack_mlflow.train.loop import train_step  # noqa: E402
 from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
-from seqtrack_mlflow.train.trainer import train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 

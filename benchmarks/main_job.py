@@ -44,7 +44,7 @@ from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import model_from_checkpoint  # noqa: E402
 from seqtrack_mlflow.names import checkpoint_name  # noqa: E402
 from seqtrack_mlflow.train.checkpoint import load_checkpoint  # noqa: E402
-from seqtrack_mlflow.train.trainer import validation_ious  # noqa: E402
+from seqtrack_mlflow.train.validation import validation_ious  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"

@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from seqtrack_mlflow import experiment  # noqa: E402
+from seqtrack_mlflow import experiment, names  # noqa: E402
 from seqtrack_mlflow.config import load_config  # noqa: E402
-from seqtrack_mlflow.mirror import export_pretrained  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.names import checkpoint_name  # noqa: E402
+from seqtrack_mlflow.publish.export import export_pretrained  # noqa: E402
+from seqtrack_mlflow.publish.models import EpochModels  # noqa: E402
 from seqtrack_mlflow.train.checkpoint import save_checkpoint  # noqa: E402
 from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
 
@@ -48,6 +49,7 @@ def measure(preset: str, epochs: int, work: Path) -> dict:
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates the moments a real checkpoint holds
     run = experiment.TrainingRun(f"bench-{preset}").start()
+    models = EpochModels(run.run_id)
     ckpt_s, model_s, ckpt_bytes, model_bytes = [], [], 0, 0
     out = work / run.run_id
     out.mkdir(parents=True)
@@ -58,14 +60,14 @@ def measure(preset: str, epochs: int, work: Path) -> dict:
                      "config": cfg.to_dict(), "metrics": [], "run_id": run.run_id}
             t0 = time.perf_counter()
             path = save_checkpoint(out / checkpoint_name(epoch), state)
-            run.log_artifact(path, "checkpoints")
-            run.store_once(path, "checkpoints")
+            run.log_artifact(path, names.CHECKPOINTS)
+            run.store_once(path, names.CHECKPOINTS)
             ckpt_s.append(time.perf_counter() - t0)
             ckpt_bytes = path.stat().st_size
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 export_pretrained(state, Path(tmp) / "weights", run.run_id)
-                model_id = run.log_epoch_model(epoch, Path(tmp) / "weights", dataclasses.asdict(cfg.track))
+                model_id = models.log(epoch, Path(tmp) / "weights", dataclasses.asdict(cfg.track))
             model_s.append(time.perf_counter() - t0)
             import mlflow
 

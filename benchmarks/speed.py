@@ -41,8 +41,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 # A fresh inductor cache, so the torch.compile figure is a true cold compile (set before torch).
 _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="speed-inductor-")
@@ -59,8 +59,8 @@ from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples  # noqa
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.model.vit import explicit_attention  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402
+from seqtrack_mlflow.train.loop import train_step  # noqa: E402
 from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
-from seqtrack_mlflow.train.trainer import train_step  # noqa: E402
 
 CPU = torch.device("cpu")
 MAIN_JOB_SAMPLES = 5 * 2000  # the default `mlflow run . -P epochs=5`

@@ -21,14 +21,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from seqtrack_mlflow import experiment, hub, mirror
+from seqtrack_mlflow import experiment, hub
 from seqtrack_mlflow.cli import main
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model import SeqTrack, build_seqtrack
+from seqtrack_mlflow.publish import export
+from seqtrack_mlflow.publish.uploader import EpochUploader
 from seqtrack_mlflow.train.checkpoint import load_checkpoint, save_checkpoint
-from seqtrack_mlflow.uploader import EpochUploader
 from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 from tests.tiny import TINY
 
@@ -198,7 +199,7 @@ def test_from_pretrained_in_a_fresh_process(hub_env, tmp_path):
 def test_from_pretrained_reads_a_local_folder(tmp_path):
     state = {"model_state_dict": build_seqtrack(Config.from_dict(TINY).model).state_dict(),
              "epoch": 3, "seed": 8, "config": CONFIG}
-    mirror.export_pretrained(state, tmp_path / "m", run_id="abc")
+    export.export_pretrained(state, tmp_path / "m", run_id="abc")
     model = SeqTrack.from_pretrained(tmp_path / "m")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model_state_dict"].items())
     (tmp_path / "m" / "model.safetensors").unlink()

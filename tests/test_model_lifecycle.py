@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
 from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.publish.models import logs_model
 from seqtrack_mlflow.torchfile import read_torch_file
-from seqtrack_mlflow.train.trainer import logs_model
 from tests.tiny import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ pickle.load = pickle.loads = refuse
 import cloudpickle
 cloudpickle.load = cloudpickle.loads = refuse
 import mlflow.pyfunc
-from seqtrack_mlflow.pyfunc_model import tracking_input
+from seqtrack_mlflow.publish.pyfunc_model import tracking_input
 from seqtrack_mlflow.data.frames import read_frame
 uri, box, paths = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 model = mlflow.pyfunc.load_model(uri)

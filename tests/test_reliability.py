@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli, hub
 from seqtrack_mlflow.data.lasot import read_sequence
 from seqtrack_mlflow.errors import DataError, HubError, StorageError
-from seqtrack_mlflow.mirror import mirror_run
-from seqtrack_mlflow.train import trainer as trainer_module
+from seqtrack_mlflow.publish.mirror import mirror_run
+from seqtrack_mlflow.train import loop as trainer_module
 from seqtrack_mlflow.train.checkpoint import load_checkpoint, remove_stale_temp_files, save_checkpoint
 from tests.fakehub import FakeHub, fake_hub, populate_lasot  # noqa: F401 - fixture
 from tests.test_mirror import REPO as MIRROR_REPO

@@ -16,9 +16,9 @@ from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.errors import ConfigError
 from seqtrack_mlflow.train.checkpoint import load_checkpoint
 from seqtrack_mlflow.train.device import resolve_device, resolve_precision
+from seqtrack_mlflow.train.optim import cosine_factor
 from seqtrack_mlflow.train.progress import BLOCK_RE
 from seqtrack_mlflow.train.resume import load_resume_state
-from seqtrack_mlflow.train.optim import cosine_factor
 
 from .conftest import REPO
 from .tiny import write_tiny_config

@@ -16,11 +16,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from seqtrack_mlflow import cli, experiment, mirror, names
+from seqtrack_mlflow import cli, experiment, names
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, SeqTrackError, TrackingError
 from seqtrack_mlflow.model import build_seqtrack
-from seqtrack_mlflow.train import trainer as trainer_module
+from seqtrack_mlflow.publish import export, mirror
+from seqtrack_mlflow.train import loop as trainer_module
 from seqtrack_mlflow.train.checkpoint import load_checkpoint
 from seqtrack_mlflow.train.warm_start import load_init
 from tests.fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
@@ -178,7 +179,7 @@ def test_official_release_layout_and_its_position_embeddings_resampled(tmp_path)
 
 
 def test_safetensors_file_and_pretrained_folder(source, tmp_path):
-    mirror.export_pretrained(load_checkpoint(source.ckpt), tmp_path / "exported")
+    export.export_pretrained(load_checkpoint(source.ckpt), tmp_path / "exported")
     for spec in (tmp_path / "exported" / "model.safetensors", tmp_path / "exported"):
         init = load_init(cfg_with(str(spec)))
         assert_weights(init, source.weights)

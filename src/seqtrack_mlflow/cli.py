@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.errors import SeqTrackError, describe_os_error
 
 log = logging.getLogger("seqtrack_mlflow")
 
-DEFAULT_REPO = "hossamaladdin/Assignment3"
 
 # Config flags: flag -> (dotted config key, help). Each command takes the groups it needs.
 DATA_FLAGS = {
@@ -101,8 +101,8 @@ def _train(args: argparse.Namespace) -> int:
 
     ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     launch_if_needed(cfg.train.nproc)  # nproc > 1: re-exec under torchrun
-    from seqtrack_mlflow.train.lifecycle import run_training
     from seqtrack_mlflow.train.signals import StopRequested
+    from seqtrack_mlflow.training import run_training
 
     try:
         report = run_training(cfg, args.run_name or default_run_name(cfg, args.config), args.experiment_name)
@@ -188,7 +188,7 @@ def _bool_arg(value: str) -> bool:
 
 def _mirror(args: argparse.Namespace) -> int:
     from seqtrack_mlflow import experiment
-    from seqtrack_mlflow.mirror import mirror_run
+    from seqtrack_mlflow.publish.mirror import mirror_run
 
     with experiment.tool_run("mirror", "mirror") as _:
         result = mirror_run(run_id=args.run_id.strip(), repo_id=args.repo_id.strip(),
@@ -200,11 +200,12 @@ def _mirror(args: argparse.Namespace) -> int:
 
 
 def _fetch_hub(args: argparse.Namespace) -> int:
-    from seqtrack_mlflow import mirror
+    from seqtrack_mlflow import hub_repo
+    from seqtrack_mlflow.publish import mirror
 
     revision = args.revision.strip() or None
     if args.file:
-        path = mirror.fetch_file(args.repo_id, args.file.strip(), args.dest, revision=revision)
+        path = hub_repo.fetch_file(args.repo_id, args.file.strip(), args.dest, revision=revision)
     else:
         path = mirror.fetch_checkpoint(args.repo_id, args.epoch, args.dest, revision=revision)
     print(path)
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("mirror", "publish a run to a Hugging Face model repo (safetensors, card, tag)", _mirror)
     p.add_argument("--run-id", default="", help="training run, or a models:/ URI (its run) ('' = the latest one)")
     experiment_flag(p, "experiment searched for the latest training run")
-    p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
+    p.add_argument("--repo-id", default=names.DEFAULT_HUB_REPO, help="Hub model repo")
     p.add_argument("--revision", default="", help="branch to commit to ('' = main)")
     # Flags or explicit values: MLproject passes `--private false` / `--dry-run true`.
     p.add_argument("--private", nargs="?", const="true", default="false", type=_bool_arg,
@@ -269,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="BOOL", help="verify and list, upload nothing")
 
     p = command("fetch-hub", "download a file from a mirrored repo, verified against its manifest", _fetch_hub)
-    p.add_argument("--repo-id", default=DEFAULT_REPO, help="Hub model repo")
+    p.add_argument("--repo-id", default=names.DEFAULT_HUB_REPO, help="Hub model repo")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--epoch", type=int, help="epoch N: resume/epoch_N.ckpt (full training state)")
     what.add_argument("--file", default="", help="any file listed in the repo's manifest.json")

@@ -17,8 +17,8 @@
   Xet (its xet-write-token endpoint answers 4xx/5xx, as self-hosted or older Hubs and the test
   fake do) makes `upload_folder` log one warning and redo the same commit over plain LFS
   (huggingface_hub 2.4 itself has no such fallback). HF_HUB_DISABLE_XET=1 goes to LFS directly.
-- Model cards are rendered with `ModelCard` / `ModelCardData` (`render_model_card`); the Hub
-  checks their metadata (POST /api/validate-yaml) in the commit that uploads README.md.
+The model card is rendered with huggingface_hub's `ModelCard` in `publish.card`; the Hub checks
+its metadata (POST /api/validate-yaml) in the commit that uploads README.md.
 """
 
 from __future__ import annotations
@@ -31,16 +31,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import huggingface_hub.constants as _hf_constants
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
-    EvalResult,
     HfApi,
-    ModelCard,
-    ModelCardData,
     hf_hub_download,
 )
 from huggingface_hub import get_token as _hf_get_token
@@ -341,18 +338,6 @@ def list_tags(repo_id: str, token: str | None = None, endpoint: str | None = Non
     """{tag: commit} of the repo."""
     with _hub_errors(f"list tags of {repo_id}", token, endpoint):
         return {t.name: t.target_commit for t in _api(endpoint, token).list_repo_refs(repo_id).tags}
-
-
-# -- model cards ------------------------------------------------------------------------------
-def render_model_card(metadata: dict[str, Any], body: str, model_name: str = "",
-                      eval_results: list[dict[str, Any]] | None = None) -> str:
-    """README.md text: YAML front matter from `ModelCardData` (metadata keys as the Hub names
-    them, plus extra keys kept as is) and `body` below it. `eval_results`: dicts of
-    `EvalResult` fields; they become the card's model-index under `model_name`."""
-    results = [EvalResult(**r) for r in (eval_results or [])]
-    data = ModelCardData(**metadata, model_name=model_name or None, eval_results=results or None)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}", ignore_metadata_errors=False)
-    return str(card)
 
 
 # -- downloads --------------------------------------------------------------------------------

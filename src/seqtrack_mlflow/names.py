@@ -34,6 +34,11 @@ KINDS = ("train", "evaluate", "mirror", "download")
 ERROR_TAG = "seqtrack.error"
 EPOCH_TAG = "seqtrack.epoch"  # on evaluation runs, LoggedModels and registered versions
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
+DATA_SOURCE_TAG = "seqtrack.data_source"  # where the run's frames came from, in words
+RESUMED_FROM_TAG = "seqtrack.resumed_from"  # a resumed run: the run (or file) and epoch it continues
+RESUMED_FROM_EPOCH_TAG = "seqtrack.resumed_from_epoch"
+RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over
+MODEL_RUN_TAG = "seqtrack.run_id"  # on registered model versions: the training run
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
 # A warm start (--init): where its weights came from. INIT_SOURCE_TAG is also set on a resume
 # of such a run (inherited from the checkpoint's config; nothing is loaded again).

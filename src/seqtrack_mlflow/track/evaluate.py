@@ -41,24 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from seqtrack_mlflow import experiment, names, selection
-from seqtrack_mlflow.config import Config, TrackConfig, load_config
+from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.model.load import model_from_checkpoint
+from seqtrack_mlflow.names import checkpoint_name
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
+from seqtrack_mlflow.track.scoring import score_sequences, tracker_config
 from seqtrack_mlflow.track.tracker import (
     SeqTrackTracker,
     SequenceResult,
     TrackerConfig,
     run_sequence,
-    track_frames,
 )
-from seqtrack_mlflow.names import checkpoint_name
 from seqtrack_mlflow.train.checkpoint import download_checkpoint, load_checkpoint
 from seqtrack_mlflow.train.device import resolve_device
 
@@ -128,52 +126,6 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
                             "or last")
     epoch, metric, value = best
     return CheckpointChoice(fetch(epoch), epoch, run_id, selection.describe(metric, value))
-
-
-def score_sequences(results: list[SequenceResult], sequences: list[Any]) -> dict[str, Any]:
-    """metrics.json content: per sequence and overall scores, and the overall curves."""
-    per_seq, curves, static_curves = {}, {}, []
-    for res, seq in zip(results, sequences):
-        c = M.sequence_curves(res.boxes, seq.boxes, seq.visible)
-        curves[seq.name] = c
-        # The floor: the first-frame box on every frame, scored with the same code.
-        static = M.sequence_curves(M.static_predictions(seq.boxes), seq.boxes, seq.visible)
-        static_curves.append(static)
-        per_seq[seq.name] = {**c.scores(), **{f"static_{k}": v for k, v in static.scores().items()},
-                             "mean_iou": M.mean_iou(res.boxes, seq.boxes, seq.visible),
-                             "fps": res.fps, "frames": len(seq.boxes),
-                             "visible_frames": int(np.asarray(seq.visible).sum()),
-                             "skipped": res.skipped}
-    overall = M.average_curves(list(curves.values()))
-    frames = sum(len(r.times) for r in results)
-    seconds = float(sum(r.times.sum() for r in results))
-    static_overall = M.average_curves(static_curves)
-    summary = {**overall.scores(), **{f"static_{k}": v for k, v in static_overall.scores().items()},
-               "mean_iou": float(np.mean([s["mean_iou"] for s in per_seq.values()])),
-               "fps": frames / seconds if seconds > 0 else float("inf"),
-               "frames": frames, "sequences": len(results)}
-    return {"overall": summary, "sequences": per_seq, "curves": curves, "overall_curves": overall}
-
-
-def tracker_config(trained: Config, track: TrackConfig) -> TrackerConfig:
-    """The tracker for a model trained with `trained`: its crop factors and sizes, `track`'s rest."""
-    return TrackerConfig(
-        template_factor=trained.data.template_factor, template_size=trained.model.template_size,
-        search_factor=trained.data.search_factor, search_size=trained.model.search_size,
-        num_templates=trained.model.num_templates, **dataclasses.asdict(track))
-
-
-def tracking_scores(model: Any, tcfg: TrackerConfig, sequences: list[Any], device: Any) -> dict[str, float]:
-    """Overall AUC, precision and norm_precision of tracking `sequences` in closed loop, nothing
-    written: the trainer's per-epoch check (data.val_tracking). The same tracker, frames and
-    scoring as `evaluate` (fp32: call it outside autocast), so the values equal its eval/*."""
-    results = []
-    for seq in sequences:
-        frames = (read_frame(seq.frame_path(i)) for i in range(len(seq.boxes)))
-        boxes, times = track_frames(SeqTrackTracker(model, tcfg, device), frames, seq.boxes[0])
-        results.append(SequenceResult(seq.name, boxes, times))
-    overall = score_sequences(results, sequences)["overall"]  # evaluate's scoring, not a copy of it
-    return {key: overall[key] for key in ("auc", "precision", "norm_precision")}
 
 
 def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
@@ -250,7 +202,6 @@ def track_with_progress(tracker: SeqTrackTracker, sequences: list, results_dir: 
     one); tqdm shows them only when stderr is a terminal."""
     from tqdm import tqdm
 
-    from seqtrack_mlflow.data.frames import read_frame
 
     results = []
     with tqdm(sequences, desc="evaluate", unit="seq", disable=None) as seq_bar:
@@ -290,7 +241,6 @@ def evaluate_all(cfg: Config, run_id: str = "", experiment_name: str = "") -> li
 def write_outputs(out: Path, report: dict[str, Any], choice: CheckpointChoice, epoch: int,
                   tcfg: TrackerConfig, sequences: list[Any], results: list[SequenceResult], title: str = "") -> None:
     """metrics.json, the three plots and a GIF of every sequence (`title` names run and epoch)."""
-    from seqtrack_mlflow.data.frames import read_frame
 
     overall: M.Curves = report["overall_curves"]
     doc = {

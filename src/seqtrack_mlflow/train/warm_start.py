@@ -54,7 +54,6 @@ _RUNS_URI = re.compile(r"runs:/(?P<run>[0-9a-f]{32})(?:/(?P<path>.*))?")
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<rev>[^\s@]+))?")
 # A source with one of these endings names a file, never a Hub repo or a run.
 _FILE_SUFFIXES = (".ckpt", ".pth", ".pt", ".tar", ".safetensors", ".bin")
-WEIGHTS_NAME = "model.safetensors"  # = mirror.WEIGHTS_NAME (the mirror's root = the best epoch)
 # Model config keys that change what the weights compute but not their shapes: a source trained
 # with another value still loads, with a warning. (Dropout rates are a training choice.)
 _SAME_SHAPE_KEYS = ("num_heads", "decoder_heads")
@@ -158,9 +157,9 @@ def _resolve(spec: str, tmp: Path) -> InitWeights:
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / WEIGHTS_NAME).is_file():
-            return _from_file(spec, path / WEIGHTS_NAME)
-        raise ConfigError(f"{path} is a folder without {WEIGHTS_NAME}; give a checkpoint or weights file")
+        if (path / names.WEIGHTS_FILE).is_file():
+            return _from_file(spec, path / names.WEIGHTS_FILE)
+        raise ConfigError(f"{path} is a folder without {names.WEIGHTS_FILE}; give a checkpoint or weights file")
     if path.is_file():
         return _from_file(spec, path)
     if experiment.is_model_uri(spec):
@@ -235,11 +234,11 @@ def _from_run(spec: str, run_id: str, epoch: int | None, tmp: Path) -> InitWeigh
 
 def _from_hub(spec: str, repo_id: str, revision: str | None, tmp: Path) -> InitWeights:
     """The root model.safetensors of a mirrored repo at the commit `revision` names now."""
-    from seqtrack_mlflow import hub, mirror
+    from seqtrack_mlflow import hub, hub_repo
 
     token = hub.get_token(None, required=False)  # public repos need none; never logged
     commit = hub.resolve_commit(repo_id, revision, token=token)
-    path = mirror.fetch_file(repo_id, WEIGHTS_NAME, tmp, revision=commit, token=token)
+    path = hub_repo.fetch_file(repo_id, names.WEIGHTS_FILE, tmp, revision=commit, token=token)
     return dataclasses.replace(_from_file(spec, path), kind="hub", hub_repo=repo_id, hub_commit=commit)
 
 

@@ -1,17 +1,8 @@
-"""Mirror a training run to a Hugging Face model repo (`mirror`), fetch files back
-(`fetch-hub`), and push each epoch while training runs (`EpochUploader`).
+"""Mirror a training run to a Hugging Face model repo (`mirror`) and fetch a checkpoint back
+(`fetch-hub`); `uploader.EpochUploader` pushes each epoch while training runs.
 
-Repo layout (PyTorchModelHubMixin's at the root, so `SeqTrack.from_pretrained(repo_id)` and Hub
-tooling find the model):
-
-    README.md                               model card (model_card.py, ModelCard/ModelCardData)
-    config.json, model.safetensors          the best epoch (highest epoch/val_auc, else epoch/val_iou)
-    checkpoints/epoch_N/config.json         every epoch's weights, same format
-    checkpoints/epoch_N/model.safetensors
-    resume/epoch_N.ckpt                     the full training state (optimizer, scheduler, RNG):
-                                            what `train --resume` takes; loads weights_only=True
-    manifest.json                           every other file with its sha256 and size
-    config.yaml, training_log.txt, report.md, dataset_summary.json   the run's own artifacts
+The repo layout (PyTorchModelHubMixin's at the root, so `SeqTrack.from_pretrained(repo_id)` and
+Hub tooling find the model) is described in `hub_repo`.
 
 Hygiene (chosen: one run per branch state, not one path per run): a mirror makes the branch hold
 exactly the mirrored run; files of an earlier run that this one does not have (a 2-epoch run's
@@ -44,47 +35,36 @@ import re
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from seqtrack_mlflow import experiment, hub, names, selection
 from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.model_card import CardInputs, EpochRow, Evaluation, build_model_card
-from seqtrack_mlflow.train.checkpoint import checkpoint_name, load_checkpoint
+from seqtrack_mlflow.hub_repo import (
+    fetch_file,
+    manifest_run,
+    resume_path,
+    run_tag,
+    timed,
+    weights_dir,
+    write_manifest,
+)
+from seqtrack_mlflow.names import RUN_FILES, WEIGHTS_CONFIG, WEIGHTS_FILE, checkpoint_name
+from seqtrack_mlflow.publish.card import CardInputs, EpochRow, Evaluation, build_model_card
+from seqtrack_mlflow.publish.export import export_pretrained
+from seqtrack_mlflow.train.checkpoint import Manifest, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-RUN_MANIFEST = "checkpoints/manifest.json"  # the trainer's, in the run's artifacts
-MANIFEST = "manifest.json"  # the repo's: every file with sha256
-MANIFEST_FORMAT = "seqtrack-mlflow-hub/1"
-CONFIG_NAME = "config.json"  # = model.seqtrack.HUB_CONFIG_NAME (not imported: keeps torch-free)
-WEIGHTS_NAME = "model.safetensors"  # = model.seqtrack.HUB_WEIGHTS_NAME
-# Run artifacts uploaded as they are (a missing one is reported, not fatal).
+RUN_MANIFEST = f"{names.CHECKPOINTS}/{names.MANIFEST}"  # the trainer's, in the run's artifacts
 MAX_TAG_ROUNDS = 5  # re-reads of the branch head after a mirror's commit (concurrent mirrors)
-RUN_FILES = ("training_log.txt", "report.md", "config.yaml", "dataset_summary.json")
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
 EPOCH_METRICS = {column: f"{names.EPOCH_PREFIX}{column}"
                  for column in ("train_loss", "val_iou", "best_val_iou", "seconds")}
-# ModelConfig keys that only matter while training: not part of an exported config.json.
-_TRAIN_ONLY_MODEL_KEYS = ("pretrained",)
-
-
-def run_tag(run_id: str) -> str:
-    """The git tag of a mirrored run: `run-<first 8 characters of the MLflow run id>`."""
-    return f"run-{run_id[:8]}"
-
-
-def weights_dir(epoch: int) -> str:
-    return f"checkpoints/epoch_{epoch}"
-
-
-def resume_path(epoch: int) -> str:
-    return f"resume/{checkpoint_name(epoch)}"
 
 
 @dataclass(frozen=True)
@@ -100,32 +80,7 @@ class MirrorResult:
     bytes: int = 0
 
 
-@contextmanager
-def _step(what: str) -> Iterator[None]:
-    started = time.monotonic()
-    yield
-    log.info("%s (%.2f s)", what, time.monotonic() - started)
-
-
 # -- verification -----------------------------------------------------------------------------
-def read_manifest(folder: Path) -> list[dict[str, Any]]:
-    """The trainer's checkpoint manifest under `folder` (a run's artifact root), validated."""
-    path = folder / RUN_MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{RUN_MANIFEST} is missing from the run's artifacts: without the trainer's "
-                              f"sha256 list the checkpoints cannot be verified")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))["checkpoints"]
-        entries = [{"file": str(e["file"]), "epoch": int(e["epoch"]), "sha256": str(e["sha256"]).lower(),
-                    "bytes": int(e["bytes"]) if e.get("bytes") is not None else None} for e in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{RUN_MANIFEST}: not a checkpoint manifest ({type(exc).__name__}: {exc}); "
-                              'expected {"checkpoints": [{"file", "epoch", "sha256", "bytes"}]}') from None
-    if not entries:
-        raise CheckpointError(f"{RUN_MANIFEST} lists no checkpoints")
-    return sorted(entries, key=lambda e: e["epoch"])
-
-
 def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
     """Check every checkpoint under folder/checkpoints against the manifest; the entries.
 
@@ -133,8 +88,14 @@ def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
     without its file, a size or sha256 different from the manifest's, a file that does not load
     with the safe loader, or one holding another epoch than its name says.
     """
-    entries = read_manifest(folder)
-    ckpt_dir = folder / "checkpoints"
+    ckpt_dir = folder / names.CHECKPOINTS
+    manifest = Manifest.read(ckpt_dir)
+    if manifest is None:
+        raise CheckpointError(f"{RUN_MANIFEST} is missing from the run's artifacts: without the trainer's "
+                              f"sha256 list the checkpoints cannot be verified")
+    entries = manifest.list()
+    if not entries:
+        raise CheckpointError(f"{RUN_MANIFEST} lists no checkpoints")
     present = {p.name for p in ckpt_dir.glob("*.ckpt")}
     listed = {e["file"] for e in entries}
     if present - listed:
@@ -193,58 +154,6 @@ def _load_optional(path: Path, parse) -> Any:
         return None
 
 
-# -- export: checkpoint -> Hub layout ------------------------------------------------------------
-def export_pretrained(state: dict[str, Any], folder: Path, run_id: str = "") -> list[Path]:
-    """Write `config.json` + `model.safetensors` of a checkpoint state into `folder`.
-
-    config.json: the run's ModelConfig fields at the top level (as PyTorchModelHubMixin stores
-    init kwargs), `tracker` (the crop factors the weights were trained with) and provenance.
-    The bytes depend only on the checkpoint, so re-exporting gives identical files.
-    """
-    from safetensors.torch import save_file
-
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    model_cfg = {k: v for k, v in dict(config.get("model") or {}).items() if k not in _TRAIN_ONLY_MODEL_KEYS}
-    data_cfg = dict(config.get("data") or {})
-    document = {
-        **model_cfg,
-        "tracker": {k: data_cfg[k] for k in ("template_factor", "search_factor") if k in data_cfg},
-        "seqtrack_mlflow": {"format": MANIFEST_FORMAT, "epoch": int(state["epoch"]), "seed": state.get("seed"),
-                            "mlflow_run_id": run_id or state.get("run_id", ""),
-                            "data_source": data_cfg.get("source", ""),
-                            "classes": data_cfg.get("classes", [])},
-    }
-    # clone(): safetensors refuses tensors that share storage; contiguous() its layout rule.
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state["model_state_dict"].items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    # One metadata key only: safetensors writes a multi-key metadata map in random (hash map)
-    # order, which would change the file's bytes, and so re-upload it, at every mirror.
-    # Epoch and run id are in config.json.
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
-
-
-def write_manifest(stage: Path, run_id: str, best_epoch: int | None, epochs: list[int],
-                   known: dict[str, str] | None = None) -> dict[str, Any]:
-    """manifest.json at the root of `stage`: every other file with sha256 and size.
-
-    `known`: sha256 already computed for some paths (the verified resume checkpoints), so a
-    1 GB file is not hashed twice.
-    """
-    known = known or {}
-    files = {}
-    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
-        rel = path.relative_to(stage).as_posix()
-        if rel == MANIFEST:
-            continue
-        files[rel] = {"sha256": known.get(rel) or sha256_file(path), "bytes": path.stat().st_size}
-    document = {"format": MANIFEST_FORMAT, "mlflow_run_id": run_id, "best_epoch": best_epoch,
-                "epochs": sorted(epochs), "files": files}
-    (stage / MANIFEST).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return document
-
-
 def choose_best_epoch(run_id: str, epochs: list[int], last_state: dict[str, Any] | None) -> tuple[int, str]:
     """(epoch, why) of the root weights: the best epoch among the checkpoints by the rule of
     `selection` (as evaluate's 'best'), else the last epoch."""
@@ -288,9 +197,9 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, dict[str, An
     docstring). Returns (folder, its manifest)."""
     run_id = run.info.run_id
     artifacts = workdir / "artifacts"
-    with _step(f"downloaded the artifacts of run {run_id} (checkpoints/ and {', '.join(RUN_FILES)})"):
+    with timed(f"downloaded the artifacts of run {run_id} (checkpoints/ and {', '.join(RUN_FILES)})"):
         try:
-            experiment.download_artifacts(run_id, "checkpoints", artifacts)
+            experiment.download_artifacts(run_id, names.CHECKPOINTS, artifacts)
         except TrackingError as exc:
             raise CheckpointError(f"nothing to mirror: {exc}") from None
         for name in RUN_FILES:
@@ -298,15 +207,15 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, dict[str, An
                 experiment.download_artifacts(run_id, name, artifacts)
             except TrackingError:
                 pass  # reported below
-    with _step("verified checkpoints against the run's manifest (sha256, size, safe load)"):
+    with timed("verified checkpoints against the run's manifest (sha256, size, safe load)"):
         entries = verify_checkpoints(artifacts)
     stage = workdir / "upload"
     epochs = [e["epoch"] for e in entries]
     known: dict[str, str] = {}
     last_state: dict[str, Any] | None = None
-    with _step(f"exported {len(entries)} epoch(s) to safetensors"):
+    with timed(f"exported {len(entries)} epoch(s) to safetensors"):
         for entry in entries:
-            source = artifacts / "checkpoints" / entry["file"]
+            source = artifacts / names.CHECKPOINTS / entry["file"]
             state = load_checkpoint(source)
             export_pretrained(state, stage / weights_dir(entry["epoch"]), run_id)
             target = stage / resume_path(entry["epoch"])
@@ -315,17 +224,17 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, dict[str, An
             known[resume_path(entry["epoch"])] = entry["sha256"]
             last_state = state
     best, reason = choose_best_epoch(run_id, epochs, last_state)
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
+    for name in (WEIGHTS_CONFIG, WEIGHTS_FILE):
         shutil.copyfile(stage / weights_dir(best) / name, stage / name)
     for name in RUN_FILES:
         if (artifacts / name).is_file():
             shutil.move(artifacts / name, stage / name)
         else:
             log.warning("run %s has no %s artifact; mirroring without it", run_id, name)
-    config = _load_optional(stage / "config.yaml", yaml.safe_load)
+    config = _load_optional(stage / names.CONFIG_FILE, yaml.safe_load)
     if not isinstance(config, dict):
         config = dict(run.data.params)  # flat keys such as train.epochs: still a usable table
-    summary = _load_optional(stage / "dataset_summary.json", json.loads)
+    summary = _load_optional(stage / names.SUMMARY_FILE, json.loads)
     evaluation = latest_evaluation(run_id)
     # README.md is written after the manifest (it lists the manifest's files), then added to it.
     manifest = write_manifest(stage, run_id, best, epochs, known)
@@ -369,7 +278,7 @@ def mirror_run(run_id: str = "", repo_id: str = "", experiment_name: str = "", r
             return MirrorResult(run_id, url, None, False, files, tag=tag, best_epoch=manifest["best_epoch"],
                                 bytes=total)
         message = f"Mirror MLflow run {run_id}: {len(manifest['epochs'])} epoch(s), best {manifest['best_epoch']}"
-        with _step(f"upload of {len(files)} files ({total / 1e6:.1f} MB) to {url} finished"):
+        with timed(f"upload of {len(files)} files ({total / 1e6:.1f} MB) to {url} finished"):
             result = hub.upload_folder(repo_id, stage, token, endpoint=endpoint, private=private,
                                        revision=revision, commit_message=message,
                                        commit_description=f"MLflow run id: {run_id}", delete_others=True)
@@ -393,64 +302,13 @@ def mirror_run(run_id: str = "", repo_id: str = "", experiment_name: str = "", r
                                          "hub.revision": revision or "main", "hub.commit": commit,
                                          "hub.tag": tag})
         head = hub.head_commit(repo_id, token, endpoint=endpoint, revision=revision)
-        if head in (None, commit) or _manifest_run(repo_id, head, token, endpoint) != run_id:
+        if head in (None, commit) or manifest_run(repo_id, head, token, endpoint) != run_id:
             break
         log.info("another mirror of run %s committed %s after %s: tagging the final commit", run_id, head, commit)
         commit = head
     log.info("tagged MLflow run %s with hub.repo_url, hub.commit and hub.tag", run_id)
     return MirrorResult(run_id, result.repo_url, commit, result.changed, result.files,
                         deleted=result.deleted, tag=tag, best_epoch=manifest["best_epoch"], bytes=total)
-
-
-def _manifest_run(repo_id: str, commit: str, token: str | None, endpoint: str | None) -> str:
-    """The MLflow run id recorded in the repo's manifest.json at `commit` ('' if none)."""
-    with tempfile.TemporaryDirectory(prefix="seqtrack-head-") as tmp:
-        try:
-            path = hub.download_file(repo_id, MANIFEST, "model", tmp, token=token, endpoint=endpoint,
-                                     revision=commit)
-            return str(json.loads(path.read_text(encoding="utf-8")).get("mlflow_run_id", ""))
-        except (hub.RemoteFileMissing, ValueError, AttributeError):
-            return ""
-
-
-# -- fetch back -------------------------------------------------------------------------------
-def fetch_file(repo_id: str, filename: str, dest: str | Path = ".", revision: str | None = None,
-               token: str | None = None, endpoint: str | None = None) -> Path:
-    """Download `filename` into dest after checking it is listed in the repo's manifest.json,
-    and check its sha256 against that listing. An unlisted file is refused before it is
-    downloaded; an altered one is deleted and refused (CheckpointError, one line)."""
-    token = hub.get_token(token, required=False)  # public repos need none
-    at = revision or "main"
-    dest = Path(dest)
-    try:
-        manifest_path = hub.download_file(repo_id, MANIFEST, "model", dest, token=token, endpoint=endpoint,
-                                          revision=revision)
-    except hub.RemoteFileMissing:
-        raise CheckpointError(f"{repo_id}@{at} has no {MANIFEST}: its files cannot be verified; mirror "
-                              f"the run again with this version") from None
-    try:
-        listing = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
-        expected = {str(k): str(v["sha256"]).lower() for k, v in listing.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{repo_id}@{at}: {MANIFEST} is not a seqtrack-mlflow manifest "
-                              f"({type(exc).__name__})") from None
-    if filename not in expected:
-        raise CheckpointError(f"{repo_id}@{at}: {filename} is not listed in {MANIFEST}; refusing an "
-                              f"unverified file (listed: {_listed_summary(expected)})")
-    with _step(f"downloaded {filename} from {hub.repo_url(repo_id, endpoint)}@{at}"):
-        path = hub.download_file(repo_id, filename, "model", dest, token=token, endpoint=endpoint,
-                                 revision=revision)
-    digest = sha256_file(path)
-    if digest != expected[filename]:
-        path.unlink(missing_ok=True)
-        raise CheckpointError(f"{repo_id}@{at}: {filename} has sha256 {digest[:16]}… but {MANIFEST} "
-                              f"lists {expected[filename][:16]}…; the file was altered; deleted it")
-    return path
-
-
-def _listed_summary(expected: dict[str, str]) -> str:
-    epochs = sorted(int(m.group(1)) for f in expected if (m := re.fullmatch(r"resume/epoch_(\d+)\.ckpt", f)))
-    return f"resume epochs {', '.join(map(str, epochs)) or 'none'}, {len(expected)} files in all"
 
 
 def fetch_checkpoint(repo_id: str, epoch: int, dest: str | Path = ".", revision: str | None = None,

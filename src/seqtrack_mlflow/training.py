@@ -1,5 +1,7 @@
-"""One training run from start to end: device, determinism, processes, the MLflow run and how
-it ends (FINISHED, KILLED after Ctrl-C/SIGTERM, FAILED with the error as a tag)."""
+"""One training run from start to end: device, determinism, processes, the checks made before a
+run exists (resume, --init, pretrained weights), the MLflow run, the training loop wired to
+publishing (`publish.Publisher`: LoggedModels, the registry, the Hub upload of each epoch), and
+how the run ends (FINISHED, KILLED after Ctrl-C/SIGTERM, FAILED with the error as a tag)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import torch
 from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import SeqTrackError, first_line
+from seqtrack_mlflow.publish.publisher import Publisher
+from seqtrack_mlflow.publish.uploader import EpochUploader
 from seqtrack_mlflow.train import distributed
 from seqtrack_mlflow.train.checkpoint import list_checkpoints
 from seqtrack_mlflow.train.determinism import seed_everything
 from seqtrack_mlflow.train.device import check_precision, resolve_device, resolve_precision
+from seqtrack_mlflow.train.loop import Trainer
 from seqtrack_mlflow.train.resume import load_resume_state
 from seqtrack_mlflow.train.signals import StopFlag, StopRequested
-from seqtrack_mlflow.train.trainer import Trainer
 from seqtrack_mlflow.train.warm_start import check_init_config, load_init
 
 log = logging.getLogger(__name__)
@@ -64,21 +68,21 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
                  + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
                  f", {info.world} processes" if info.enabled else "")
     ckpt_dir = Path(cfg.train.output_dir) / run.run_id / names.CHECKPOINTS
-    uploader = None
+    publisher = None
     try:
-        if cfg.hub.push_every_epoch and info.is_main:  # before any epoch: no token fails here
-            from seqtrack_mlflow.uploader import EpochUploader
-
-            uploader = EpochUploader(cfg.hub.repo_id, run.run_id, revision=cfg.hub.revision,
-                                     private=cfg.hub.private)
+        if info.is_main:
+            uploader = None
+            if cfg.hub.push_every_epoch:  # before any epoch: no token fails here
+                uploader = EpochUploader(cfg.hub.repo_id, run.run_id, revision=cfg.hub.revision,
+                                         private=cfg.hub.private)
+            publisher = Publisher(cfg, run.run_id, uploader)
         with StopFlag() as stop:
             try:
-                trainer = Trainer(cfg, device, run, stop, info, resume, init)
+                trainer = Trainer(cfg, device, run, stop, info, resume, init, listener=publisher)
                 init = None  # its tensors are in the model now: do not hold a second copy
             finally:
                 if resume is not None:
                     resume.remove_download()  # its checkpoints are in this run's folder by now
-            trainer.checkpoint_hook = uploader.on_checkpoint if uploader else None
             trainer.fit()
     except StopRequested as exc:
         done = list_checkpoints(ckpt_dir) if info.is_main else []
@@ -106,8 +110,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
         raise
     finally:
         distributed.shutdown(info)
-    if uploader is not None:  # after a failure the daemon thread just ends with the process
-        missing = uploader.close(timeout=HUB_CLOSE_TIMEOUT)
+    if publisher is not None:  # after a failure the upload thread just ends with the process
+        missing = publisher.close(timeout=HUB_CLOSE_TIMEOUT)
         if missing:
             log.warning("epochs %s are not on the Hub yet: run `mirror --run-id %s`", missing, run.run_id)
     run.end("FINISHED")

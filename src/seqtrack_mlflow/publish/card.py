@@ -4,8 +4,7 @@ The card is a pure function of the run (config, dataset summary, per-epoch metri
 manifest, the latest evaluation, run id): it holds no timestamps of the mirroring itself, so
 mirroring the same run twice yields byte-identical cards and the second upload is a no-op.
 
-Its YAML front matter is built with huggingface_hub's `ModelCardData` (through
-`hub.render_model_card`, the one module that imports huggingface_hub):
+Its YAML front matter is built with huggingface_hub's `ModelCardData` (`render_model_card`):
 - `library_name`, `license`, `tags` (visual-object-tracking, seqtrack, mlflow, ...);
 - `datasets: [l-lt/LaSOT]` only when the run trained on LaSOT; the bundled procedural sample
   is said to be what it is in the text and in `dataset_revision`;
@@ -20,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from seqtrack_mlflow import hub
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 PAPER = ("Xin Chen, Houwen Peng, Dong Wang, Huchuan Lu, Han Hu. *SeqTrack: Sequence to Sequence "
          "Learning for Visual Object Tracking*. CVPR 2023. [arXiv:2304.14394]"
@@ -303,4 +302,15 @@ def build_model_card(inputs: CardInputs) -> str:
     """README.md text: ModelCardData front matter + the body above."""
     front, results = metadata(inputs)
     model_name = inputs.repo_id.split("/")[-1]
-    return hub.render_model_card(front, body(inputs), model_name=model_name, eval_results=results)
+    return render_model_card(front, body(inputs), model_name=model_name, eval_results=results)
+
+
+def render_model_card(metadata: dict[str, Any], body: str, model_name: str = "",
+                      eval_results: list[dict[str, Any]] | None = None) -> str:
+    """README.md text: YAML front matter from `ModelCardData` (metadata keys as the Hub names
+    them, plus extra keys kept as is) and `body` below it. `eval_results`: dicts of
+    `EvalResult` fields; they become the card's model-index under `model_name`."""
+    results = [EvalResult(**r) for r in (eval_results or [])]
+    data = ModelCardData(**metadata, model_name=model_name or None, eval_results=results or None)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}", ignore_metadata_errors=False)
+    return str(card)

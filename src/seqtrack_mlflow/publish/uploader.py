@@ -1,5 +1,5 @@
 """`hub.push_every_epoch`: upload each epoch to the Hub in a background thread while training goes
-on, in the layout that `mirror` publishes (mirror.py)."""
+on, in the layout that `mirror` publishes (hub_repo.py)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,9 @@ from typing import Any
 from seqtrack_mlflow import hub, selection
 from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.mirror import (
-    CONFIG_NAME,
-    MANIFEST,
-    MANIFEST_FORMAT,
-    WEIGHTS_NAME,
-    export_pretrained,
-    resume_path,
-    weights_dir,
-)
+from seqtrack_mlflow.hub_repo import MANIFEST_FORMAT, resume_path, weights_dir
+from seqtrack_mlflow.names import MANIFEST, WEIGHTS_CONFIG, WEIGHTS_FILE
+from seqtrack_mlflow.publish.export import export_pretrained
 from seqtrack_mlflow.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -145,9 +139,9 @@ class EpochUploader:
         for epoch in todo:
             path, score = self._pending[epoch]
             folder = self._stage / weights_dir(epoch)
-            if not (folder / WEIGHTS_NAME).is_file():
+            if not (folder / WEIGHTS_FILE).is_file():
                 export_pretrained(load_checkpoint(path), folder, self.run_id)
-                for name in (CONFIG_NAME, WEIGHTS_NAME):
+                for name in (WEIGHTS_CONFIG, WEIGHTS_FILE):
                     rel = f"{weights_dir(epoch)}/{name}"
                     self._files[rel] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
                 self._files[resume_path(epoch)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -164,7 +158,7 @@ class EpochUploader:
             target = upload / resume_path(epoch)
             target.parent.mkdir(parents=True, exist_ok=True)
             _link(self._pending[epoch][0], target)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
+        for name in (WEIGHTS_CONFIG, WEIGHTS_FILE):
             _link(self._stage / weights_dir(best) / name, upload / name)
             self._files[name] = self._files[f"{weights_dir(best)}/{name}"]
         document = {"format": MANIFEST_FORMAT, "mlflow_run_id": self.run_id, "best_epoch": best,
