@@ -27,20 +27,8 @@ from typing import Any
 import yaml
 
 from seqtrack_mlflow.errors import ConfigError
+from seqtrack_mlflow.lasot_classes import LASOT_CLASSES, SAMPLE_CLASSES
 
-# The 70 LaSOT categories (Fan et al., CVPR 2019), spelled as the dataset's folders are.
-LASOT_CLASSES = (
-    "airplane", "basketball", "bear", "bicycle", "bird", "boat", "book", "bottle", "bus", "car",
-    "cat", "cattle", "chameleon", "coin", "crab", "crocodile", "cup", "deer", "dog", "drone",
-    "electricfan", "elephant", "flag", "fox", "frog", "gametarget", "gecko", "giraffe",
-    "goldfish", "gorilla", "guitar", "hand", "hat", "helmet", "hippo", "horse", "kangaroo",
-    "kite", "leopard", "licenseplate", "lion", "lizard", "microphone", "monkey", "motorcycle",
-    "mouse", "person", "pig", "pool", "rabbit", "racing", "robot", "rubicCube", "sepia", "shark",
-    "sheep", "skateboard", "spider", "squirrel", "surfboard", "swing", "tank", "tiger", "train",
-    "truck", "turtle", "umbrella", "volleyball", "yoyo", "zebra",
-)
-# The bundled procedural data only draws these two classes.
-SAMPLE_CLASSES = ("airplane", "bicycle")
 DATA_SOURCES = ("sample", "lasot")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 SCHEDULES = ("step", "cosine")

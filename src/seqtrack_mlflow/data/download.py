@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqtrack_mlflow import hub
-from seqtrack_mlflow.config import LASOT_CLASSES
 from seqtrack_mlflow.data.lasot import (
     TEST_SPLIT_FILE,
     TRAIN_SPLIT_FILE,
@@ -51,6 +50,7 @@ from seqtrack_mlflow.data.lasot import (
     sequence_folders,
 )
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.lasot_classes import LASOT_CLASSES
 
 log = logging.getLogger(__name__)
 
