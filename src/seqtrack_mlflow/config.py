@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from seqtrack_mlflow.errors import ConfigError
+from seqtrack_mlflow.geometry import EXACT_CORNER_GEOMETRY, GEOMETRIES, OFFICIAL_GEOMETRY
 from seqtrack_mlflow.lasot_classes import LASOT_CLASSES, SAMPLE_CLASSES
 
 DATA_SOURCES = ("sample", "lasot")
@@ -187,7 +188,6 @@ class TrainConfig:
 
 LABEL_ROUNDINGS = ("floor", "nearest")
 VAL_TRACKING = ("auto", "always", "never")
-TRACK_GEOMETRIES = ("official", "exact-corner")
 
 
 @dataclass(frozen=True)
@@ -465,8 +465,8 @@ def validate(cfg: Config) -> None:
     _need(d.val_samples >= 0, "data.val_samples", d.val_samples, "use >= 0")
     _need(d.val_tracking in VAL_TRACKING, "data.val_tracking", d.val_tracking,
           f"use one of {', '.join(VAL_TRACKING)}")
-    _need(d.crop_geometry in ("exact-corner", "official"), "data.crop_geometry", d.crop_geometry,
-          "use exact-corner or official")
+    _need(d.crop_geometry in GEOMETRIES, "data.crop_geometry", d.crop_geometry,
+          f"use {EXACT_CORNER_GEOMETRY} or {OFFICIAL_GEOMETRY}")
     _need(d.augment_on in ("crops", "frames"), "data.augment_on", d.augment_on, "use crops or frames")
 
     _need(m.patch_size >= 1, "model.patch_size", m.patch_size, "use >= 1")
@@ -530,8 +530,8 @@ def validate(cfg: Config) -> None:
     _need(re.fullmatch(r"v\d+", m.alias) is None, "mlflow.alias", m.alias, "v<N> names a version; pick another")
 
     k = cfg.track
-    _need(k.geometry in TRACK_GEOMETRIES, "track.geometry", k.geometry,
-          f"use one of {', '.join(TRACK_GEOMETRIES)}")
+    _need(k.geometry in GEOMETRIES, "track.geometry", k.geometry,
+          f"use one of {', '.join(GEOMETRIES)}")
     _need(k.update_interval >= 1, "track.update_interval", k.update_interval, "use an integer >= 1")
     _need(k.clip_margin >= 1, "track.clip_margin", k.clip_margin,
           "use >= 1 (px), else a box can collapse to a point")
