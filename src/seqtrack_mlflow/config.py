@@ -4,7 +4,7 @@ A config is frozen sections (data, model, train, track, hub, mlflow) plus the se
 the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
 `configs/` is a link to them), and `default.yaml` is the one place that holds every default:
 the dataclasses below declare and document the keys but give no values, and a tree that leaves
-a key out (an older checkpoint, a short user preset) gets it from `default.yaml`.
+a key out (a checkpoint's config that lacks it, a short user preset) gets it from `default.yaml`.
 
 Every config is built by `Config.from_dict` (used by `load_config`, resume, evaluation and the
 benchmarks), validated there once (the rules are in config_rules.py), and never mutated
@@ -65,7 +65,7 @@ class DataConfig:
     `evaluate` does, fp32) and log epoch/val_auc, val_precision, val_norm_precision; the epoch
     with the highest val AUC is then "best" (registry, Hub root, evaluate --epoch best) instead of
     the one with the highest val IoU. 'never': val IoU only. 'auto': always on the bundled sample
-    (637 frames, ~7 s on 2 CPU cores), never on LaSOT (its test videos take hours)."""
+    (637 frames, 7-8 s per epoch on the 2-core AMD EPYC), never on LaSOT (its test videos take hours)."""
     skip_bad_sequences: bool
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool
@@ -183,8 +183,8 @@ class TrackConfig:
     """Tracker settings (`evaluate`); crop factors and sizes come from the checkpoint's config."""
 
     geometry: str
-    """'official' = the official tracker's crops and box mapping; 'exact-corner' = this project's
-    earlier variant (PIL crop, mapping through the rounded crop corner), see README."""
+    """'official' = the official tracker's crops and box mapping; 'exact-corner' = one PIL
+    crop and the box mapped through the rounded crop corner (README)."""
     window: bool
     """Hanning window on the cx, cy token probabilities (official TEST.WINDOW: true)."""
     update_interval: int
@@ -212,7 +212,8 @@ class HubConfig:
 class MlflowConfig:
     log_models: str
     """Which epochs become MLflow LoggedModels (pyfunc, safetensors weights) beside their
-    checkpoint: all | best (each epoch that improves epoch/val_iou) | last."""
+    checkpoint: all | best (each epoch that improves the best score so far: epoch/val_auc when
+    the run tracks each epoch, else epoch/val_iou; selection.py) | last."""
     registered_model: str
     """Model Registry name the best epoch is registered under at the end of training
     ('' = do not register)."""

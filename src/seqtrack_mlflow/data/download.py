@@ -96,7 +96,7 @@ class ClassOrigin:
     """'download' (made by this project from l-lt/LaSOT) or 'local' (a copy it did not make)."""
     path: Path
     revision: str | None = None
-    """The l-lt/LaSOT commit of a download (None for a local copy or an old marker)."""
+    """The l-lt/LaSOT commit of a download (None for a local copy or a marker that records none)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def class_state(root: Path, cls: str) -> tuple[str, str]:
 
 
 def marker_revision(root: Path, cls: str) -> str | None:
-    """The commit recorded in the class's marker (None for markers from before it was recorded)."""
+    """The commit recorded in the class's marker (None if the marker records none)."""
     try:
         value = json.loads((root / cls / MARKER).read_text(encoding="utf-8")).get("revision")
     except (OSError, ValueError, AttributeError):
