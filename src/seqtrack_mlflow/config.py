@@ -1,7 +1,7 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
 A config is frozen sections (data, model, train, track, hub, mlflow) plus the seed. The presets ship inside
-the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
+the package (`seqtrack_mlflow/configs/*.yaml`, found and read by presets.py; the top-level
 `configs/` is a link to them), and `default.yaml` is the one place that holds every default:
 the dataclasses below declare and document the keys but give no values, and a tree that leaves
 a key out (a checkpoint's config that lacks it, a short user preset) gets it from `default.yaml`.
@@ -17,7 +17,6 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import re
 import typing
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ import yaml
 
 from seqtrack_mlflow.config_rules import validate
 from seqtrack_mlflow.errors import ConfigError
-
-PRESETS = ("default", "seqtrack_b256")
+from seqtrack_mlflow.presets import default_tree, read_yaml, resolve_config_source
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,7 @@ class Config:
         if unknown:
             raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(map(str, unknown))}; "
                               f"allowed: seed, {', '.join(SECTIONS)}")
-        base = _default_tree()
+        base = default_tree()
         merged: dict[str, Any] = {"seed": tree.get("seed", base["seed"])}
         for name in SECTIONS:
             values = tree.get(name)
@@ -301,51 +299,6 @@ def _plain(value: Any) -> Any:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig,
             "hub": HubConfig, "mlflow": MlflowConfig}
-
-
-def preset_path(name: str) -> Path:
-    """A preset shipped in the package, by name ('default', 'seqtrack_b256')."""
-    if name not in PRESETS:
-        raise ConfigError(f"config: unknown preset {name!r}; use one of {', '.join(PRESETS)} "
-                          "or the path of a YAML file")
-    return Path(str(importlib.resources.files("seqtrack_mlflow") / "configs" / f"{name}.yaml"))
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a tree; ConfigError for a missing, undecodable or invalid file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config: file {str(path)!r} not found; give a YAML file or a preset name "
-                          f"({', '.join(PRESETS)})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(raw).__name__}")
-    return raw
-
-
-_DEFAULT_TREE: dict[str, Any] | None = None
-
-
-def _default_tree() -> dict[str, Any]:
-    global _DEFAULT_TREE
-    if _DEFAULT_TREE is None:
-        _DEFAULT_TREE = read_yaml(preset_path("default"))
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _DEFAULT_TREE.items()}
-
-
-def resolve_config_source(source: str | Path | None) -> Path:
-    """None/"" = the default preset; a preset name; otherwise a file path."""
-    text = str(source).strip() if source is not None else ""
-    if not text:
-        return preset_path("default")
-    if text in PRESETS and not Path(text).is_file():
-        return preset_path(text)
-    return Path(text).expanduser()
 
 
 def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
