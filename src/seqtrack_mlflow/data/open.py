@@ -78,7 +78,8 @@ def open_dataset(data: DataConfig, endpoint: str | None = None):
         origin = DataOrigin("sample", os.path.abspath(root), f"v{SAMPLE_VERSION}",
                             dataset_source(data))
     else:
-        from seqtrack_mlflow.data.download import ExtractLimits, ensure_lasot
+        from seqtrack_mlflow.data.archive import ExtractLimits
+        from seqtrack_mlflow.data.download import ensure_lasot
         root = Path(data.root).expanduser() if data.root else default_lasot_root()
         install = ensure_lasot(root, data.classes, endpoint=endpoint, keep_zip=data.keep_zip,
                                revision=data.revision or None,
