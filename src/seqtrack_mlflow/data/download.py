@@ -62,7 +62,6 @@ EXTRACTING = ".seqtrack-extracting"  # first file of every temporary folder we m
 DOWNLOADS = ".downloads"
 REJECTED = ".rejected"  # `<class>.zip.rejected` beside a zip whose content was refused
 _TEMP_PREFIXES = (".extract-", ".old-")
-_CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
