@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
 from seqtrack_mlflow.geometry import GEOMETRIES
 from seqtrack_mlflow.track.tracker import SeqTrackTracker, TrackerConfig
 

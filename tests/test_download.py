@@ -96,8 +96,8 @@ def test_our_own_unfinished_class_folder_is_replaced(fake_hub, tmp_path):  # noq
 def test_complete_local_tree_is_used_in_place_with_no_request_and_no_change(fake_hub, tmp_path,
                                                                            monkeypatch):
     from seqtrack_mlflow.config import load_config
+    from seqtrack_mlflow.data.dataset import open_dataset
     from seqtrack_mlflow.data.index import frame_index
-    from seqtrack_mlflow.data.open import open_dataset
 
     # the user's own copy: no marker, no split files, a class outside the two defaults
     root = make_lasot_tree(tmp_path / "mine", classes=("zebra", "airplane"), seqs_per_class=10, frames=6)
@@ -171,7 +171,7 @@ def test_revision_pin(fake_hub, tmp_path):  # noqa: F811
 
 
 def test_default_download_folder_is_the_user_cache(monkeypatch, tmp_path):
-    from seqtrack_mlflow.data.open import default_lasot_root
+    from seqtrack_mlflow.data.dataset import default_lasot_root
 
     monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path / "c"))
     assert default_lasot_root() == tmp_path / "c" / "lasot"

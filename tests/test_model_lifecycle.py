@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
 from seqtrack_mlflow.train.checkpoint import read_torch_file
 from seqtrack_mlflow.train.trainer import logs_model
 from tests.tiny import write_tiny_config

@@ -207,7 +207,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
-    from seqtrack_mlflow.data.open import dataset_inputs, open_dataset
+    from seqtrack_mlflow.data.dataset import dataset_inputs, open_dataset
 
     dataset = open_dataset(cfg.data)
     sequences = dataset.test

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 
 from seqtrack_mlflow import names, provenance, selection
 from seqtrack_mlflow.config import Config, TrainConfig
-from seqtrack_mlflow.data.open import dataset_inputs, dataset_source, open_dataset
+from seqtrack_mlflow.data.dataset import dataset_inputs, dataset_source, open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples
 from seqtrack_mlflow.data.summary import COUNT_KEYS, dataset_summary
 from seqtrack_mlflow.errors import CheckpointError, SeqTrackError
