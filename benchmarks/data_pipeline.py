@@ -26,7 +26,7 @@ from seqtrack_mlflow.config import load_config  # noqa: E402
 from seqtrack_mlflow.data import frames as frames_mod  # noqa: E402
 from seqtrack_mlflow.data import sampler as sampler_mod  # noqa: E402
 from seqtrack_mlflow.data.lasot import LasotDataset  # noqa: E402
-from seqtrack_mlflow.data.sample import ensure_sample_data  # noqa: E402
+from seqtrack_mlflow.data.synthetic import ensure_sample_data  # noqa: E402
 
 
 def main() -> None:

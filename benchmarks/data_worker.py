@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqtrack_mlflow import provenance  # noqa: E402
 from seqtrack_mlflow.config import load_config  # noqa: E402
-from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
+from seqtrack_mlflow.data.dataset import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import TrainSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.train.actor import SeqTrackActor  # noqa: E402

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqtrack_mlflow import experiment, names  # noqa: E402
-from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
+from seqtrack_mlflow.data.dataset import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import model_from_checkpoint  # noqa: E402
 from seqtrack_mlflow.names import checkpoint_name  # noqa: E402

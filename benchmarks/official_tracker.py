@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
+from seqtrack_mlflow.geometry import GEOMETRIES
 from seqtrack_mlflow.track.tracker import SeqTrackTracker, TrackerConfig
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -207,7 +208,7 @@ def main() -> int:
 
     # -- ours -------------------------------------------------------------------------------------
     rows = []
-    for geometry in ("official", "exact-corner"):
+    for geometry in GEOMETRIES:
         ours = OurScriptedNet(args.bins)
         tcfg = TrackerConfig(template_factor=args.factor, template_size=args.size, search_factor=args.factor,
                              search_size=args.size, num_templates=2, geometry=geometry,

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from seqtrack_mlflow.config import load_config  # noqa: E402
 from seqtrack_mlflow.data.lasot import LasotDataset  # noqa: E402
-from seqtrack_mlflow.data.sample import cache_dir  # noqa: E402
 from seqtrack_mlflow.data.sampler import TrainSamples  # noqa: E402
+from seqtrack_mlflow.data.synthetic import cache_dir  # noqa: E402
 
 SIZE = (1280, 720)
 CLASSES = ("airplane", "bicycle")

@@ -54,7 +54,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from seqtrack_mlflow.config import Config, load_config  # noqa: E402
-from seqtrack_mlflow.data.open import open_dataset  # noqa: E402
+from seqtrack_mlflow.data.dataset import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import build_seqtrack  # noqa: E402
 from seqtrack_mlflow.model.vit import explicit_attention  # noqa: E402

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqtrack_mlflow.config import LASOT_CLASSES
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.lasot import (
     LasotDataset,
@@ -22,6 +21,7 @@ from seqtrack_mlflow.data.lasot import (
     read_split_file,
 )
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.lasot_classes import LASOT_CLASSES
 from tests.datatrees import OCCLUDED_FRAME, OUT_OF_VIEW_FRAME, make_lasot_tree, make_sequence, target_box
 
 

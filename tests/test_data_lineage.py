@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import load_config
+from seqtrack_mlflow.data.dataset import open_dataset
 from seqtrack_mlflow.data.index import DIGEST_CHARS, frame_index, index_digest, split_index
-from seqtrack_mlflow.data.open import open_dataset
 from tests.datatrees import make_lasot_tree
 from tests.fakehub import LASOT_REPO, fake_hub  # noqa: F401 - fixture
 from tests.tiny import write_tiny_config

@@ -19,8 +19,8 @@ from seqtrack_mlflow.data.index import (
     split_index,
 )
 from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
-from seqtrack_mlflow.data.sample import cache_dir
 from seqtrack_mlflow.data.summary import dataset_summary, format_summary
+from seqtrack_mlflow.data.synthetic import cache_dir
 from tests.datatrees import make_lasot_tree
 
 

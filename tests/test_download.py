@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from seqtrack_mlflow.data.download import EXTRACTING, MARKER, ExtractLimits, ensure_lasot, extract_class_zip
+from seqtrack_mlflow.data.archive import ExtractLimits
+from seqtrack_mlflow.data.download import EXTRACTING, MARKER, ensure_lasot, extract_class_zip
 from seqtrack_mlflow.data.lasot import LasotDataset, read_split_file
 from seqtrack_mlflow.errors import DataError
 from tests.datatrees import make_lasot_tree, make_sequence, no_writes_under, tree_snapshot
@@ -95,8 +96,8 @@ def test_our_own_unfinished_class_folder_is_replaced(fake_hub, tmp_path):  # noq
 def test_complete_local_tree_is_used_in_place_with_no_request_and_no_change(fake_hub, tmp_path,
                                                                            monkeypatch):
     from seqtrack_mlflow.config import load_config
+    from seqtrack_mlflow.data.dataset import open_dataset
     from seqtrack_mlflow.data.index import frame_index
-    from seqtrack_mlflow.data.open import open_dataset
 
     # the user's own copy: no marker, no split files, a class outside the two defaults
     root = make_lasot_tree(tmp_path / "mine", classes=("zebra", "airplane"), seqs_per_class=10, frames=6)
@@ -170,7 +171,7 @@ def test_revision_pin(fake_hub, tmp_path):  # noqa: F811
 
 
 def test_default_download_folder_is_the_user_cache(monkeypatch, tmp_path):
-    from seqtrack_mlflow.data.open import default_lasot_root
+    from seqtrack_mlflow.data.dataset import default_lasot_root
 
     monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path / "c"))
     assert default_lasot_root() == tmp_path / "c" / "lasot"
@@ -268,15 +269,15 @@ def test_zip_bombs_stop_with_one_line_and_leave_nothing(fake_hub, tmp_path, monk
 def test_bytes_actually_written_are_bounded_even_past_the_declared_check(tmp_path, monkeypatch):
     # The sizes a zip declares are checked first, but the bound that holds is the count of bytes
     # written: with the declared check made lenient, writing still stops at the limit.
-    from seqtrack_mlflow.data import download
+    from seqtrack_mlflow.data import archive
 
     buf = io.BytesIO(make_class_zip("cat", numbers=(1,)))
     with zipfile.ZipFile(buf, "a") as zf:
         zf.writestr(zipfile.ZipInfo("cat-1/big.bin"), os.urandom(300_000))
     path = tmp_path / "cat.zip"
     path.write_bytes(buf.getvalue())
-    lenient = download._check_declared
-    monkeypatch.setattr(download, "_check_declared",
+    lenient = archive.check_declared
+    monkeypatch.setattr(archive, "check_declared",
                         lambda infos, zip_path, dest, limits: lenient(infos, zip_path, dest, ExtractLimits()))
     with pytest.raises(DataError, match="'cat-1/big.bin' takes the extracted size past"):
         extract_class_zip(path, tmp_path / "out", "cat", ExtractLimits(max_total_bytes=200_000))

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
-from seqtrack_mlflow.config import preset_path
+from seqtrack_mlflow.presets import preset_path
 
 from .conftest import REPO, new_store, use_store
 from .tiny import write_tiny_config

@@ -16,7 +16,7 @@ from PIL import Image
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.data.lasot import LasotDataset
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
 from seqtrack_mlflow.model import build_seqtrack
 from seqtrack_mlflow.selection import best_epoch, best_in_history, history_points, row_score
 from seqtrack_mlflow.track import metrics as M

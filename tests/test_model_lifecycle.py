@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
 from seqtrack_mlflow.publish.models import logs_model
 from seqtrack_mlflow.torchfile import read_torch_file
 from tests.tiny import write_tiny_config

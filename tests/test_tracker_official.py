@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from seqtrack_mlflow.data.frames import read_frame
-from seqtrack_mlflow.data.sample import ensure_sample_data
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
 from seqtrack_mlflow.errors import ConfigError
 from seqtrack_mlflow.geometry import crop_image, crop_official, map_box_back, target_window
 from seqtrack_mlflow.track.tracker import (

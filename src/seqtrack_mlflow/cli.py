@@ -114,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from seqtrack_mlflow.data.open import open_dataset
+    from seqtrack_mlflow.data.dataset import open_dataset
     from seqtrack_mlflow.data.summary import dataset_summary, format_summary, write_summary
 
     cfg = config_from_args(args)

@@ -1,23 +1,22 @@
 """Typed, validated configuration: YAML preset <- overrides (CLI flags / MLproject -P values).
 
 A config is frozen sections (data, model, train, track, hub, mlflow) plus the seed. The presets ship inside
-the package (`seqtrack_mlflow/configs/*.yaml`, read with importlib.resources; the top-level
+the package (`seqtrack_mlflow/configs/*.yaml`, found and read by presets.py; the top-level
 `configs/` is a link to them), and `default.yaml` is the one place that holds every default:
 the dataclasses below declare and document the keys but give no values, and a tree that leaves
-a key out (an older checkpoint, a short user preset) gets it from `default.yaml`.
+a key out (a checkpoint's config that lacks it, a short user preset) gets it from `default.yaml`.
 
 Every config is built by `Config.from_dict` (used by `load_config`, resume, evaluation and the
-benchmarks), validated there once, and never mutated afterwards. An override whose value is
-None or "" means "not given" and keeps the preset's value: MLproject passes "" for every `-P`
-the user left out, so its defaults never mask a preset. Every rejection raises `ConfigError`
-with one line naming the key, the bad value and what is allowed.
+benchmarks), validated there once (the rules are in config_rules.py), and never mutated
+afterwards. An override whose value is None or "" means "not given" and keeps the preset's
+value: MLproject passes "" for every `-P` the user left out, so its defaults never mask a
+preset. Every rejection raises `ConfigError` with one line naming the key, the bad value and
+what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
-import math
 import re
 import typing
 from dataclasses import dataclass
@@ -26,29 +25,9 @@ from typing import Any
 
 import yaml
 
+from seqtrack_mlflow.config_rules import validate
 from seqtrack_mlflow.errors import ConfigError
-
-# The 70 LaSOT categories (Fan et al., CVPR 2019), spelled as the dataset's folders are.
-LASOT_CLASSES = (
-    "airplane", "basketball", "bear", "bicycle", "bird", "boat", "book", "bottle", "bus", "car",
-    "cat", "cattle", "chameleon", "coin", "crab", "crocodile", "cup", "deer", "dog", "drone",
-    "electricfan", "elephant", "flag", "fox", "frog", "gametarget", "gecko", "giraffe",
-    "goldfish", "gorilla", "guitar", "hand", "hat", "helmet", "hippo", "horse", "kangaroo",
-    "kite", "leopard", "licenseplate", "lion", "lizard", "microphone", "monkey", "motorcycle",
-    "mouse", "person", "pig", "pool", "rabbit", "racing", "robot", "rubicCube", "sepia", "shark",
-    "sheep", "skateboard", "spider", "squirrel", "surfboard", "swing", "tank", "tiger", "train",
-    "truck", "turtle", "umbrella", "volleyball", "yoyo", "zebra",
-)
-# The bundled procedural data only draws these two classes.
-SAMPLE_CLASSES = ("airplane", "bicycle")
-DATA_SOURCES = ("sample", "lasot")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-SCHEDULES = ("step", "cosine")
-PRESETS = ("default", "seqtrack_b256")
-# Bounds on values that are legal in type but absurd in practice (they would overflow or run
-# for years); each error message names the bound.
-MAX_EPOCHS = 100_000
-MAX_SEED = 2**32 - 1  # PYTHONHASHSEED and numpy seeds are 32-bit
+from seqtrack_mlflow.presets import default_tree, read_yaml, resolve_config_source
 
 
 @dataclass(frozen=True)
@@ -84,7 +63,7 @@ class DataConfig:
     `evaluate` does, fp32) and log epoch/val_auc, val_precision, val_norm_precision; the epoch
     with the highest val AUC is then "best" (registry, Hub root, evaluate --epoch best) instead of
     the one with the highest val IoU. 'never': val IoU only. 'auto': always on the bundled sample
-    (637 frames, ~7 s on 2 CPU cores), never on LaSOT (its test videos take hours)."""
+    (637 frames, 7-8 s per epoch on the 2-core AMD EPYC), never on LaSOT (its test videos take hours)."""
     skip_bad_sequences: bool
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool
@@ -197,18 +176,13 @@ class TrainConfig:
     train/warm_start.py."""
 
 
-LABEL_ROUNDINGS = ("floor", "nearest")
-VAL_TRACKING = ("auto", "always", "never")
-TRACK_GEOMETRIES = ("official", "exact-corner")
-
-
 @dataclass(frozen=True)
 class TrackConfig:
     """Tracker settings (`evaluate`); crop factors and sizes come from the checkpoint's config."""
 
     geometry: str
-    """'official' = the official tracker's crops and box mapping; 'exact-corner' = this project's
-    earlier variant (PIL crop, mapping through the rounded crop corner), see README."""
+    """'official' = the official tracker's crops and box mapping; 'exact-corner' = one PIL
+    crop and the box mapped through the rounded crop corner (README)."""
     window: bool
     """Hanning window on the cx, cy token probabilities (official TEST.WINDOW: true)."""
     update_interval: int
@@ -232,14 +206,12 @@ class HubConfig:
     """Create the repo as private if it does not exist."""
 
 
-LOG_MODELS = ("all", "best", "last")
-
-
 @dataclass(frozen=True)
 class MlflowConfig:
     log_models: str
     """Which epochs become MLflow LoggedModels (pyfunc, safetensors weights) beside their
-    checkpoint: all | best (each epoch that improves epoch/val_iou) | last."""
+    checkpoint: all | best (each epoch that improves the best score so far: epoch/val_auc when
+    the run tracks each epoch, else epoch/val_iou; selection.py) | last."""
     registered_model: str
     """Model Registry name the best epoch is registered under at the end of training
     ('' = do not register)."""
@@ -273,7 +245,7 @@ class Config:
         if unknown:
             raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(map(str, unknown))}; "
                               f"allowed: seed, {', '.join(SECTIONS)}")
-        base = _default_tree()
+        base = default_tree()
         merged: dict[str, Any] = {"seed": tree.get("seed", base["seed"])}
         for name in SECTIONS:
             values = tree.get(name)
@@ -327,52 +299,6 @@ def _plain(value: Any) -> Any:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig,
             "hub": HubConfig, "mlflow": MlflowConfig}
-_SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
-
-
-def preset_path(name: str) -> Path:
-    """A preset shipped in the package, by name ('default', 'seqtrack_b256')."""
-    if name not in PRESETS:
-        raise ConfigError(f"config: unknown preset {name!r}; use one of {', '.join(PRESETS)} "
-                          "or the path of a YAML file")
-    return Path(str(importlib.resources.files("seqtrack_mlflow") / "configs" / f"{name}.yaml"))
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a tree; ConfigError for a missing, undecodable or invalid file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config: file {str(path)!r} not found; give a YAML file or a preset name "
-                          f"({', '.join(PRESETS)})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of sections, got {type(raw).__name__}")
-    return raw
-
-
-_DEFAULT_TREE: dict[str, Any] | None = None
-
-
-def _default_tree() -> dict[str, Any]:
-    global _DEFAULT_TREE
-    if _DEFAULT_TREE is None:
-        _DEFAULT_TREE = read_yaml(preset_path("default"))
-    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _DEFAULT_TREE.items()}
-
-
-def resolve_config_source(source: str | Path | None) -> Path:
-    """None/"" = the default preset; a preset name; otherwise a file path."""
-    text = str(source).strip() if source is not None else ""
-    if not text:
-        return preset_path("default")
-    if text in PRESETS and not Path(text).is_file():
-        return preset_path(text)
-    return Path(text).expanduser()
 
 
 def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -433,117 +359,3 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{key}: {value!r} is not a string")
         return "" if value is None else str(value)
     raise ConfigError(f"{key}: unsupported type {typ}")
-
-
-def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
-
-
-def validate(cfg: Config) -> None:
-    """Every range and cross-field rule, checked once before any work starts."""
-    d, m, t = cfg.data, cfg.model, cfg.train
-    for section in (d, m, t, cfg.track):  # NaN and inf pass every range check below: refuse them first
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if isinstance(value, float):
-                _need(math.isfinite(value), f"{_SECTION_OF[type(section)]}.{f.name}", value,
-                      "use a finite number")
-    _need(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"use an integer in [0, {MAX_SEED}]")
-    _need(d.source in DATA_SOURCES, "data.source", d.source, f"use one of {', '.join(DATA_SOURCES)}")
-    _need(len(d.classes) > 0, "data.classes", ",".join(d.classes), "name at least one class")
-    _need(len(set(d.classes)) == len(d.classes), "data.classes", ",".join(d.classes),
-          "name each class once")
-    allowed = SAMPLE_CLASSES if d.source == "sample" else LASOT_CLASSES
-    for name in d.classes:
-        _need(name in allowed, "data.classes", name,
-              f"{d.source} data has classes: {', '.join(allowed)}")
-    if d.source == "lasot" and d.root:
-        # An explicit LaSOT folder must exist unless the download is going to create it.
-        _need(Path(d.root).expanduser().parent.exists(), "data.root", d.root,
-              "its parent folder must exist")
-    _need(d.max_class_bytes >= 1, "data.max_class_bytes", d.max_class_bytes, "use >= 1 (bytes)")
-    _need(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "use >= 1")
-    _need(d.max_gap >= 1, "data.max_gap", d.max_gap, "use >= 1")
-    _need(d.template_factor > 0, "data.template_factor", d.template_factor, "use > 0")
-    _need(d.search_factor > 0, "data.search_factor", d.search_factor, "use > 0")
-    _need(d.center_jitter >= 0, "data.center_jitter", d.center_jitter, "use >= 0")
-    _need(d.scale_jitter >= 0, "data.scale_jitter", d.scale_jitter, "use >= 0")
-    for key in ("grayscale_prob", "flip_prob"):
-        p = getattr(d, key)
-        _need(0.0 <= p <= 1.0, f"data.{key}", p, "use a probability in [0, 1]")
-    _need(0.0 <= d.brightness_jitter < 1.0, "data.brightness_jitter", d.brightness_jitter,
-          "use a value in [0, 1)")
-    _need(d.val_samples >= 0, "data.val_samples", d.val_samples, "use >= 0")
-    _need(d.val_tracking in VAL_TRACKING, "data.val_tracking", d.val_tracking,
-          f"use one of {', '.join(VAL_TRACKING)}")
-    _need(d.crop_geometry in ("exact-corner", "official"), "data.crop_geometry", d.crop_geometry,
-          "use exact-corner or official")
-    _need(d.augment_on in ("crops", "frames"), "data.augment_on", d.augment_on, "use crops or frames")
-
-    _need(m.patch_size >= 1, "model.patch_size", m.patch_size, "use >= 1")
-    for key in ("template_size", "search_size"):
-        size = getattr(m, key)
-        _need(size >= 1 and size % m.patch_size == 0, f"model.{key}", size,
-              f"use a positive multiple of model.patch_size={m.patch_size}")
-    _need(m.num_templates >= 1, "model.num_templates", m.num_templates, "use >= 1")
-    _need(m.embed_dim >= 1, "model.embed_dim", m.embed_dim, "use >= 1")
-    _need(m.depth >= 1, "model.depth", m.depth, "use >= 1")
-    _need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0, "model.num_heads", m.num_heads,
-          f"use a divisor of model.embed_dim={m.embed_dim}")
-    _need(int(m.embed_dim * m.mlp_ratio) >= 1, "model.mlp_ratio", m.mlp_ratio,
-          f"use a ratio that gives an MLP of >= 1 unit (model.embed_dim={m.embed_dim})")
-    _need(0.0 <= m.drop_path < 1.0, "model.drop_path", m.drop_path, "use a value in [0, 1)")
-    _need(m.bins >= 2, "model.bins", m.bins, "use >= 2")
-    _need(m.decoder_dim >= 1, "model.decoder_dim", m.decoder_dim, "use >= 1")
-    _need(m.decoder_layers >= 1, "model.decoder_layers", m.decoder_layers, "use >= 1")
-    _need(m.decoder_heads >= 1 and m.decoder_dim % m.decoder_heads == 0, "model.decoder_heads",
-          m.decoder_heads, f"use a divisor of model.decoder_dim={m.decoder_dim}")
-    _need(m.decoder_ffn >= 1, "model.decoder_ffn", m.decoder_ffn, "use >= 1")
-    _need(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "use a value in [0, 1)")
-    _need(not m.pretrained or Path(m.pretrained).expanduser().is_file(), "model.pretrained",
-          m.pretrained, "give the path of an existing weights file, or ''")
-
-    _need(1 <= t.epochs <= MAX_EPOCHS, "train.epochs", t.epochs, f"use an integer >= 1 and <= {MAX_EPOCHS}")
-    _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use an integer >= 1")
-    _need(t.workers >= 0, "train.workers", t.workers, "use an integer >= 0")
-    _need(t.nproc >= 1, "train.nproc", t.nproc, "use an integer >= 1")
-    _need(t.batch_size % t.nproc == 0 and d.samples_per_epoch % t.nproc == 0, "train.nproc", t.nproc,
-          f"train.batch_size ({t.batch_size}) and data.samples_per_epoch ({d.samples_per_epoch}) "
-          "must be divisible by it")
-    _need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, "train.device", t.device,
-          "use auto, cpu, cuda or cuda:N")
-    _need(t.precision in PRECISIONS, "train.precision", t.precision,
-          f"use one of {', '.join(PRECISIONS)}")
-    _need(t.lr > 0, "train.lr", t.lr, "use > 0")
-    _need(t.encoder_lr_mult >= 0, "train.encoder_lr_mult", t.encoder_lr_mult, "use >= 0")
-    _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "use >= 0")
-    _need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"use one of {', '.join(SCHEDULES)}")
-    _need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "use an integer >= 0")
-    _need(t.warmup_steps == 0 or t.schedule == "cosine", "train.warmup_steps", t.warmup_steps,
-          "warm-up needs train.schedule=cosine; use 0 with the step schedule")
-    _need(t.lr_drop_epoch >= 1, "train.lr_drop_epoch", t.lr_drop_epoch, "use >= 1")
-    _need(0 < t.lr_drop_factor <= 1, "train.lr_drop_factor", t.lr_drop_factor, "use a value in (0, 1]")
-    _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
-    _need(t.label_rounding in LABEL_ROUNDINGS, "train.label_rounding", t.label_rounding,
-          f"use one of {', '.join(LABEL_ROUNDINGS)}")
-    _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")
-    _need(bool(t.output_dir), "train.output_dir", t.output_dir, "name a folder")
-    _need(cfg.hub.repo_id.count("/") == 1 and all(cfg.hub.repo_id.split("/")), "hub.repo_id",
-          cfg.hub.repo_id, "use 'namespace/name'")
-
-    m = cfg.mlflow
-    _need(m.log_models in LOG_MODELS, "mlflow.log_models", m.log_models, f"use one of {', '.join(LOG_MODELS)}")
-    # Registry names and aliases: no '/', '@' or ':' (they delimit models:/<name>@<alias>).
-    _need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*|", m.registered_model) is not None, "mlflow.registered_model",
-          m.registered_model, "use letters, digits, '-', '_' and '.' ('' = do not register)")
-    _need(re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", m.alias) is not None, "mlflow.alias", m.alias,
-          "use letters, digits, '-' and '_', starting with a letter (not v<N>: that names a version)")
-    _need(re.fullmatch(r"v\d+", m.alias) is None, "mlflow.alias", m.alias, "v<N> names a version; pick another")
-
-    k = cfg.track
-    _need(k.geometry in TRACK_GEOMETRIES, "track.geometry", k.geometry,
-          f"use one of {', '.join(TRACK_GEOMETRIES)}")
-    _need(k.update_interval >= 1, "track.update_interval", k.update_interval, "use an integer >= 1")
-    _need(k.clip_margin >= 1, "track.clip_margin", k.clip_margin,
-          "use >= 1 (px), else a box can collapse to a point")

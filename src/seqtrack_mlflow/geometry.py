@@ -27,6 +27,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+# The two crop geometries, the values of data.crop_geometry and track.geometry.
+OFFICIAL_GEOMETRY = "official"
+"""The official pixels (`crop_official`) and box mapping through the unrounded centre."""
+EXACT_CORNER_GEOMETRY = "exact-corner"
+"""One PIL resample (`crop_image`) and box mapping through the rounded crop corner."""
+GEOMETRIES = (OFFICIAL_GEOMETRY, EXACT_CORNER_GEOMETRY)
+
 
 def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
     box = np.asarray(box, dtype=np.float64)

@@ -49,7 +49,7 @@ def render_samples(items: list[dict[str, torch.Tensor]]) -> Image.Image:
 
 def save_sample_sheet(cfg: Config, count: int, out: Path) -> int:
     """Draw the first `count` training samples of epoch 0 into a PNG; returns how many."""
-    from seqtrack_mlflow.data.open import open_dataset
+    from seqtrack_mlflow.data.dataset import open_dataset
     from seqtrack_mlflow.data.sampler import TrainSamples
 
     samples = TrainSamples(open_dataset(cfg.data), cfg, epoch=0)

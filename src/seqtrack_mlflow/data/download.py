@@ -18,7 +18,7 @@ nothing lists or snapshots the repo.
 A download resolves the repo's revision (`data.revision`, default main) to a commit ONCE, then
 fetches the split files (only those missing at root) and each class zip at that commit into
 `root/.downloads/` (resumable). Each zip is extracted into a temporary folder of our own
-(`.extract-<class>-*`, holding `.seqtrack-extracting`), with bounds (see `ExtractLimits`): bytes
+(`.extract-<class>-*`, holding `.seqtrack-extracting`), with bounds (archive.py): bytes
 actually written per class, compression ratio per member, member count, free disk space, and
 no absolute paths, `..`, symlinks or special files. A breach stops with one line naming the
 member; the partial extraction is removed and the zip is flagged (`<class>.zip.rejected` beside
@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
 import zipfile
@@ -42,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqtrack_mlflow import hub
-from seqtrack_mlflow.config import LASOT_CLASSES
+from seqtrack_mlflow.data import archive
+from seqtrack_mlflow.data.archive import ExtractionRefused, ExtractLimits
 from seqtrack_mlflow.data.lasot import (
     TEST_SPLIT_FILE,
     TRAIN_SPLIT_FILE,
@@ -51,6 +51,7 @@ from seqtrack_mlflow.data.lasot import (
     sequence_folders,
 )
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.lasot_classes import LASOT_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +62,7 @@ EXTRACTING = ".seqtrack-extracting"  # first file of every temporary folder we m
 DOWNLOADS = ".downloads"
 REJECTED = ".rejected"  # `<class>.zip.rejected` beside a zip whose content was refused
 _TEMP_PREFIXES = (".extract-", ".old-")
-_CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-@dataclass(frozen=True)
-class ExtractLimits:
-    """Bounds on what one class zip may extract to (each breach: ExtractionRefused)."""
-
-    max_total_bytes: int = 32 * 2**30
-    """Bytes actually written for the class (data.max_class_bytes). Real LaSOT: the largest
-    class zip is a few GB and JPEGs barely compress, so 32 GiB leaves ample room."""
-    max_ratio: float = 100.0
-    """Uncompressed / compressed bytes of one member. JPEG frames are ~1.0; flag files
-    ('0,0,0,...') compress ~200x but stay far below `ratio_floor_bytes`."""
-    ratio_floor_bytes: int = 1 << 20
-    """The ratio is enforced once a member has written this much: a small file is no bomb."""
-    max_members: int = 500_000
-    """Zip members (a LaSOT class has 20 sequences of up to ~11,000 frames: <= ~220,000)."""
-    free_margin_bytes: int = 1 << 30
-    """Free disk space to keep beyond the zip's declared uncompressed size."""
-
-
-class ExtractionRefused(DataError):
-    """A zip's content breaks a bound or would escape its folder; the zip gets flagged."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +74,7 @@ class ClassOrigin:
     """'download' (made by this project from l-lt/LaSOT) or 'local' (a copy it did not make)."""
     path: Path
     revision: str | None = None
-    """The l-lt/LaSOT commit of a download (None for a local copy or an old marker)."""
+    """The l-lt/LaSOT commit of a download (None for a local copy or a marker that records none)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +188,7 @@ def class_state(root: Path, cls: str) -> tuple[str, str]:
 
 
 def marker_revision(root: Path, cls: str) -> str | None:
-    """The commit recorded in the class's marker (None for markers from before it was recorded)."""
+    """The commit recorded in the class's marker (None if the marker records none)."""
     try:
         value = json.loads((root / cls / MARKER).read_text(encoding="utf-8")).get("revision")
     except (OSError, ValueError, AttributeError):
@@ -277,23 +255,6 @@ def _own_temp_dir(root: Path, prefix: str) -> Path:
     return tmp
 
 
-# -- safe, bounded extraction -----------------------------------------------------------------
-def _member_parts(info: zipfile.ZipInfo, zip_path: Path) -> tuple[str, ...]:
-    """The member's path components, or ExtractionRefused if it could escape the target folder."""
-    name = info.filename
-    file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records no unix mode
-    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
-        kind = "symlink" if file_type == stat.S_IFLNK else "special file (link, device or fifo)"
-        raise ExtractionRefused(f"{zip_path}: member {name!r} is a {kind}; refusing to extract")
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise ExtractionRefused(f"{zip_path}: member {name!r} has an absolute path; refusing to extract")
-    parts = tuple(p for p in re.split(r"[/\\]+", name) if p not in ("", "."))
-    if ".." in parts:
-        raise ExtractionRefused(f"{zip_path}: member {name!r} points outside the folder ('..'); "
-                                f"refusing to extract")
-    return parts
-
-
 def _layout_prefix(members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], cls: str,
                    zip_path: Path) -> int:
     """How many leading components to drop: 0 for `<class>-N/...`, 1 for `<class>/<class>-N/...`."""
@@ -307,100 +268,22 @@ def _layout_prefix(members: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], cls: 
                             f"expected '{cls}-N/' folders or one '{cls}/' folder holding them")
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
-def _check_declared(infos: list[zipfile.ZipInfo], zip_path: Path, dest: Path,
-                    limits: ExtractLimits) -> int:
-    """Cheap checks before writing anything: declared total and free disk space.
-    Returns the declared uncompressed total (the real bound is on bytes written, below)."""
-    total = 0
-    for info in infos:
-        total += info.file_size
-        if total > limits.max_total_bytes:
-            raise ExtractionRefused(
-                f"{zip_path}: member {info.filename!r} takes the declared size past "
-                f"data.max_class_bytes={limits.max_total_bytes} ({_gib(limits.max_total_bytes)}); "
-                f"refusing to extract (raise data.max_class_bytes if the zip is genuine)")
-    existing = dest
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < total + limits.free_margin_bytes:
-        raise DataError(f"{zip_path}: extracting needs {_gib(total)} plus a {_gib(limits.free_margin_bytes)} "
-                        f"margin, but {dest} has {_gib(free)} free; free some space and rerun")
-    return total
-
-
 def extract_class_zip(zip_path: Path, dest: Path, cls: str,
                       limits: ExtractLimits | None = None) -> list[str]:
     """Extract a class zip into `dest/<class>/<class>-N/...`; returns the sequence names.
 
-    Every member's path is checked before anything is written, and each file is written by us
-    under `dest` (never `ZipFile.extract`), without permissions or links from the archive,
-    counting the bytes actually written against `limits` (a zip may declare small sizes and
-    inflate to much more).
+    Every member's path is checked before anything is written, and the bytes written are
+    counted against `limits` (see `archive.extract_bounded`).
     """
-    from tqdm import tqdm
-
     limits = limits or ExtractLimits()
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{zip_path}: not a readable zip ({exc}); delete it and download again") from None
-    with zf:
+    with archive.open_zip(zip_path) as zf:
         infos = zf.infolist()
-        if len(infos) > limits.max_members:  # before looking at each member
-            raise ExtractionRefused(f"{zip_path}: member {infos[limits.max_members].filename!r} is past "
-                                    f"the limit of {limits.max_members} members; refusing to extract")
-        members = [(info, _member_parts(info, zip_path)) for info in infos]
+        members = archive.checked_members(infos, zip_path, limits)
         members = [(i, p) for i, p in members if p and p[0] != "__MACOSX"]
         drop = _layout_prefix(members, cls, zip_path)
-        declared = _check_declared(infos, zip_path, dest, limits)
-        base = (dest / cls).resolve()
-        names = set()
-        written_total = 0
-        # disable=None: no bar when stderr is not a terminal (logs, CI, mlflow run > file)
-        with tqdm(total=declared, unit="B", unit_scale=True, desc=f"extract {cls}", disable=None,
-                  leave=False) as bar:
-            for info, parts in members:
-                rel = parts[drop:]
-                if not rel:
-                    continue
-                target = base.joinpath(*rel)
-                if os.path.commonpath([base, target.resolve()]) != str(base):  # belt and braces
-                    raise ExtractionRefused(f"{zip_path}: member {info.filename!r} resolves outside {base}")
-                names.add(rel[0])
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                ratio_cap = limits.max_ratio * max(info.compress_size, 1)
-                written = 0
-                try:
-                    with zf.open(info) as src, open(target, "wb") as out:
-                        while chunk := src.read(_CHUNK):
-                            written += len(chunk)
-                            written_total += len(chunk)
-                            if written_total > limits.max_total_bytes:
-                                raise ExtractionRefused(
-                                    f"{zip_path}: member {info.filename!r} takes the extracted size past "
-                                    f"data.max_class_bytes={limits.max_total_bytes} "
-                                    f"({_gib(limits.max_total_bytes)}); refusing to extract further")
-                            if written > limits.ratio_floor_bytes and written > ratio_cap:
-                                raise ExtractionRefused(
-                                    f"{zip_path}: member {info.filename!r} inflates more than "
-                                    f"{limits.max_ratio:g}x its {info.compress_size} compressed bytes "
-                                    f"(a zip bomb?); refusing to extract")
-                            out.write(chunk)
-                            bar.update(len(chunk))
-                except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-                    raise DataError(f"{zip_path}: member {info.filename!r} is damaged ({exc}); delete the "
-                                    f"zip and download again") from None
-                except OSError as exc:
-                    raise DataError(f"{zip_path}: cannot write member {info.filename!r} to {target} "
-                                    f"({exc.strerror or exc}); partial extraction removed") from None
+        declared = archive.check_declared(infos, zip_path, dest, limits)
+        names = archive.extract_bounded(zf, members, dest / cls, drop, declared, zip_path, limits,
+                                        desc=f"extract {cls}")
     return sorted(n for n in names if re.fullmatch(rf"{re.escape(cls)}-\d+", n))
 
 

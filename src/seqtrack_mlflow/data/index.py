@@ -79,7 +79,7 @@ def _features():
 
 
 def _index_parent() -> Path:
-    from seqtrack_mlflow.data.sample import cache_dir
+    from seqtrack_mlflow.data.synthetic import cache_dir
     parent = cache_dir() / "index"
     parent.mkdir(parents=True, exist_ok=True)
     return parent

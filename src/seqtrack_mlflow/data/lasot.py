@@ -302,7 +302,7 @@ class LasotDataset:
     Attributes: `root`, `classes`, `sequences` (all, class then number order), `train`, `test`,
     `skipped` (list of (sequence name, reason)), `split_rules` ({class: rule used}),
     `outside_links` ([(link, target)] of symlinks leading out of the root), `origin` (where
-    the data came from, set by `data.open.open_dataset`; None otherwise).
+    the data came from, set by `data.dataset.open_dataset`; None otherwise).
     """
 
     def __init__(self, root: str | Path, classes: tuple[str, ...] | list[str],

@@ -55,7 +55,7 @@ from seqtrack_mlflow.data.transforms import (
     to_tensor,
 )
 from seqtrack_mlflow.errors import DataError
-from seqtrack_mlflow.geometry import iou_xywh, target_window
+from seqtrack_mlflow.geometry import EXACT_CORNER_GEOMETRY, iou_xywh, target_window
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class TrainSamples(Dataset):
         extents = (label_extent(m.template_size, geometry), label_extent(m.search_size, geometry))
 
         templates = []
-        if frames is None and geometry == "exact-corner":
+        if frames is None and geometry == EXACT_CORNER_GEOMETRY:
             # Crop windows first, so each distinct frame is decoded once, at the smallest DCT
             # scale that still gives every crop taken from it >= 1 decoded pixel per output pixel.
             windows = [(fid, target_window(boxes[fid], d.template_factor, m.template_size))

@@ -41,7 +41,14 @@ import cv2
 import numpy as np
 import torch
 
-from seqtrack_mlflow.geometry import CropWindow, crop_image, crop_official, target_window
+from seqtrack_mlflow.geometry import (
+    EXACT_CORNER_GEOMETRY,
+    OFFICIAL_GEOMETRY,
+    CropWindow,
+    crop_image,
+    crop_official,
+    target_window,
+)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -68,14 +75,14 @@ def crop_side_ok(box_xywh: np.ndarray, factor: float) -> bool:
 
 
 def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, factor: float,
-                size: int, geometry: str = "exact-corner") -> tuple[np.ndarray, np.ndarray, CropWindow]:
+                size: int, geometry: str = EXACT_CORNER_GEOMETRY) -> tuple[np.ndarray, np.ndarray, CropWindow]:
     """Crop a (size, size) square around `centre_box` (side sqrt(w*h)*factor); return the crop
     (uint8), `gt_box` in crop pixels (xywh) and the window.
 
     geometry 'official': the official `sample_target` pixels and `transform_image_to_crop` box
     (centre at (size - 1) / 2 + offset from the unrounded crop centre, times resize factor)."""
     window = target_window(centre_box, factor, size)
-    if geometry == "official":
+    if geometry == OFFICIAL_GEOMETRY:
         c = np.asarray(centre_box, dtype=np.float64)
         g = np.asarray(gt_box, dtype=np.float64)
         centre = (size - 1) / 2 + ((g[:2] + 0.5 * g[2:]) - (c[:2] + 0.5 * c[2:])) * window.scale
@@ -84,9 +91,9 @@ def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, f
     return crop_image(image, window), window.image_to_crop(gt_box), window
 
 
-def label_extent(size: int, geometry: str = "exact-corner") -> int:
+def label_extent(size: int, geometry: str = EXACT_CORNER_GEOMETRY) -> int:
     """What a unit box coordinate spans in crop pixels: size, or size - 1 officially."""
-    return size - 1 if geometry == "official" else size
+    return size - 1 if geometry == OFFICIAL_GEOMETRY else size
 
 
 def to_grayscale_frame(frame: np.ndarray) -> np.ndarray:
@@ -140,7 +147,7 @@ def denormalize(t: torch.Tensor) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def box_to_target(box_xywh_crop: np.ndarray, size: int, geometry: str = "exact-corner") -> torch.Tensor:
+def box_to_target(box_xywh_crop: np.ndarray, size: int, geometry: str = EXACT_CORNER_GEOMETRY) -> torch.Tensor:
     """Box in crop pixels (xywh) -> FloatTensor(4) cxcywh / size (official: / (size - 1));
     may leave [0, 1] slightly."""
     b = np.asarray(box_xywh_crop, dtype=np.float64)

@@ -69,7 +69,7 @@ def sample_example(frames: int = 3):
     """The input example of every logged model: the first frames of the bundled sample's
     airplane-1 (generated offline on first use) as data URIs, and its first box."""
     from seqtrack_mlflow.data.lasot import LasotDataset
-    from seqtrack_mlflow.data.sample import ensure_sample_data
+    from seqtrack_mlflow.data.synthetic import ensure_sample_data
 
     root = ensure_sample_data()
     sequence = next(s for s in LasotDataset(root, ("airplane",)).sequences if s.name == "airplane-1")

@@ -46,6 +46,7 @@ from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.geometry import OFFICIAL_GEOMETRY
 from seqtrack_mlflow.model.load import model_from_checkpoint
 from seqtrack_mlflow.names import checkpoint_name
 from seqtrack_mlflow.track import metrics as M
@@ -147,13 +148,13 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     # The tracker settings name the folder too, so finished results are only read back by a
     # tracker that would have produced them (folders of earlier versions lack the geometry).
     key += f"_{cfg.track.geometry}"
-    if dataclasses.replace(cfg.track, geometry="official") != load_config().track:
+    if dataclasses.replace(cfg.track, geometry=OFFICIAL_GEOMETRY) != load_config().track:
         key += f"-{hashlib.sha256(repr(cfg.track).encode()).hexdigest()[:8]}"
     out = Path(cfg.train.output_dir) / "evaluation" / key
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
-    from seqtrack_mlflow.data.open import dataset_inputs, open_dataset
+    from seqtrack_mlflow.data.dataset import dataset_inputs, open_dataset
 
     dataset = open_dataset(cfg.data)
     sequences = dataset.test

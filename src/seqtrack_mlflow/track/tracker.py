@@ -51,6 +51,8 @@ from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from seqtrack_mlflow.errors import ConfigError, DataError
 from seqtrack_mlflow.geometry import (
+    GEOMETRIES,
+    OFFICIAL_GEOMETRY,
     clip_box,
     crop_image,
     crop_official,
@@ -62,9 +64,6 @@ from seqtrack_mlflow.model import tokens_to_boxes
 
 log = logging.getLogger(__name__)
 
-
-GEOMETRIES = ("official", "exact-corner")
-"""Tracker geometries: the official one (default) and this project's earlier exact-corner one."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class TrackerConfig:
     """Search crop side in pixels fed to the model."""
     num_templates: int = 2
     """Template slots: 1 fixed initial template + (num_templates - 1) updated ones."""
-    geometry: str = "official"
+    geometry: str = OFFICIAL_GEOMETRY
     """'official' (crops, mapping and arithmetic of the official tracker) or 'exact-corner'."""
     window: bool = True
     """Hanning window on the cx, cy token probabilities (official b256 TEST.WINDOW: true)."""
@@ -144,7 +143,7 @@ class SeqTrackTracker:
         self.cfg = cfg
         self.device = torch.device(device)
         self.bins = int(model.bins)
-        self.official = cfg.geometry == "official"
+        self.official = cfg.geometry == OFFICIAL_GEOMETRY
         # official: the float64 np.hanning window; exact-corner: predict()'s own (float32) window
         self.window: bool | torch.Tensor = cfg.window
         if cfg.window and self.official:

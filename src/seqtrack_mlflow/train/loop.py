@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, TrainConfig
-from seqtrack_mlflow.data.open import open_dataset
+from seqtrack_mlflow.data.dataset import open_dataset
 from seqtrack_mlflow.data.sampler import TrainSamples
 from seqtrack_mlflow.data.summary import dataset_summary
 from seqtrack_mlflow.errors import SeqTrackError

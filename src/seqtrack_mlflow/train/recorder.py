@@ -14,7 +14,7 @@ import torch
 
 from seqtrack_mlflow import names, provenance
 from seqtrack_mlflow.config import Config
-from seqtrack_mlflow.data.open import dataset_inputs, dataset_source
+from seqtrack_mlflow.data.dataset import dataset_inputs, dataset_source
 from seqtrack_mlflow.data.summary import COUNT_KEYS
 from seqtrack_mlflow.train import report
 from seqtrack_mlflow.train.checkpoint import Manifest

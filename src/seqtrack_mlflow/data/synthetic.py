@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from seqtrack_mlflow.config import SAMPLE_CLASSES
 from seqtrack_mlflow.data.lasot import PROTOCOL_II_TEST
 from seqtrack_mlflow.errors import DataError
+from seqtrack_mlflow.lasot_classes import SAMPLE_CLASSES
 
 log = logging.getLogger(__name__)
 

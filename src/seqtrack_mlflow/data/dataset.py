@@ -1,5 +1,6 @@
-"""One call from a DataConfig to a ready dataset: the bundled sample, a LaSOT copy already on
-disk (read in place), or the chosen LaSOT classes downloaded into the user's cache."""
+"""The configured dataset: one call from a DataConfig to a ready dataset (the bundled sample, a
+LaSOT copy already on disk read in place, or the chosen LaSOT classes downloaded into the
+user's cache), where it came from (`DataOrigin`), and the MLflow dataset inputs of a run."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def default_lasot_root() -> Path:
     """Where downloads go when data.root is empty: $SEQTRACK_CACHE/lasot, else
     $XDG_CACHE_HOME/seqtrack_mlflow/lasot, else ~/.cache/seqtrack_mlflow/lasot. Not under the
     current folder, so `mlflow run` from a git URL or from elsewhere reuses one copy."""
-    from seqtrack_mlflow.data.sample import cache_dir
+    from seqtrack_mlflow.data.synthetic import cache_dir
     return cache_dir() / "lasot"
 
 
@@ -62,7 +63,9 @@ def dataset_source(data: DataConfig, dataset=None) -> str:
         return origin.source
     if data.source == "lasot":
         return HUB_SOURCE
-    from seqtrack_mlflow.data.sample import SAMPLE_VERSION
+    from seqtrack_mlflow.data.synthetic import SAMPLE_VERSION
+    # The sample's source name as recorded on runs (tag and dataset source): a fixed name, so
+    # runs on the same sample version compare; it is not a module path.
     return f"seqtrack_mlflow.data.sample/{SAMPLE_VERSION}"
 
 
@@ -73,12 +76,13 @@ def open_dataset(data: DataConfig, endpoint: str | None = None):
     from seqtrack_mlflow.data.lasot import LasotDataset
 
     if data.source == "sample":
-        from seqtrack_mlflow.data.sample import SAMPLE_VERSION, ensure_sample_data
+        from seqtrack_mlflow.data.synthetic import SAMPLE_VERSION, ensure_sample_data
         root = ensure_sample_data(Path(data.root) if data.root else None)
         origin = DataOrigin("sample", os.path.abspath(root), f"v{SAMPLE_VERSION}",
                             dataset_source(data))
     else:
-        from seqtrack_mlflow.data.download import ExtractLimits, ensure_lasot
+        from seqtrack_mlflow.data.archive import ExtractLimits
+        from seqtrack_mlflow.data.download import ensure_lasot
         root = Path(data.root).expanduser() if data.root else default_lasot_root()
         install = ensure_lasot(root, data.classes, endpoint=endpoint, keep_zip=data.keep_zip,
                                revision=data.revision or None,
