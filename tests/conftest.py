@@ -58,7 +58,7 @@ def new_store(tmp_path_factory, empty_tracking_db, name: str) -> Path:
 
 def use_store(monkeypatch, tmp_path_factory, store: Path) -> str:
     """Point this test at a shared store (a module's `tracking_uri` override), with the
-    session's sample-data cache and a Hugging Face home inside the store's folder."""
+    test run's sample-data cache and a Hugging Face home inside the store's folder."""
     uri = f"sqlite:///{store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("SEQTRACK_CACHE", str(tmp_path_factory.getbasetemp() / "seqtrack_cache"))

@@ -233,7 +233,7 @@ def test_damaged_sequence_is_kept_and_left_to_the_reader(fake_hub, tmp_path, cap
     assert [name for name, _ in LasotDataset(root, ["airplane"], skip_bad=True).skipped] == ["airplane-4"]
 
 
-# -- zip bombs and other bounds (issue 20, item 1) --------------------------------------------------
+# -- zip bombs and other bounds ---------------------------------------------------------------------
 Bomb = namedtuple("Bomb", "zip limits member why")
 
 

@@ -17,8 +17,8 @@ from seqtrack_mlflow import cli
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.data.lasot import LasotDataset
 from seqtrack_mlflow.data.synthetic import ensure_sample_data
+from seqtrack_mlflow.epoch_ranking import best_epoch, best_in_history, history_points, row_score
 from seqtrack_mlflow.model import build_seqtrack
-from seqtrack_mlflow.selection import best_epoch, best_in_history, history_points, row_score
 from seqtrack_mlflow.track import metrics as M
 from seqtrack_mlflow.track.evaluate import parse_epoch
 from seqtrack_mlflow.track.plots import (
@@ -51,7 +51,7 @@ def one_thread():
 
 @pytest.fixture
 def sample_root() -> Path:
-    """The bundled sample tree in the session's cache (conftest sets SEQTRACK_CACHE)."""
+    """The bundled sample tree in the test run's cache (conftest sets SEQTRACK_CACHE)."""
     return ensure_sample_data()
 
 

@@ -3,7 +3,7 @@ below, the import graph has no circle, and no module grows past 400 lines.
 
 Layers, bottom up (docs: README's code map):
   0 facts: errors, names, geometry, fsutil, provenance, config and its rules, the safe torch reader
-  1 adapters: experiment/ (MLflow), hub.py + hub_repo.py (Hugging Face Hub), selection
+  1 adapters: experiment/ (MLflow), hub.py + hub_repo.py (Hugging Face Hub), epoch_ranking
   2 model/ and data/
   3 track/ (tracker, metrics, scoring, plots)
   4 train/ (loop, checkpoints, resume, validation, recorder, ...)
@@ -23,7 +23,7 @@ MAX_LINES = 400
 LAYERS = {
     "errors": 0, "names": 0, "geometry": 0, "fsutil": 0, "provenance": 0, "lasot_classes": 0,
     "config_rules": 0, "presets": 0, "config": 0, "torchfile": 0,
-    "experiment": 1, "hub": 1, "hub_repo": 1, "selection": 1,
+    "experiment": 1, "hub": 1, "hub_repo": 1, "epoch_ranking": 1,
     "model": 2, "data": 2,
     "track": 3,
     "train": 4,

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
 from seqtrack_mlflow.data.synthetic import ensure_sample_data
-from seqtrack_mlflow.publish.models import logs_model
+from seqtrack_mlflow.publish.models import should_log_model
 from seqtrack_mlflow.torchfile import read_torch_file
 from tests.tiny import write_tiny_config
 
@@ -155,13 +155,13 @@ def test_logging_models_changes_no_training_bits(tmp_path):
 
 def test_which_epochs_become_models():
     history = [{"val_iou": 0.3}, {"val_iou": 0.5}]
-    assert logs_model("all", 3, 5, {"val_iou": 0.1}, history)
-    assert not logs_model("last", 3, 5, {"val_iou": 0.9}, history)
-    assert logs_model("last", 5, 5, {"val_iou": 0.1}, history)
-    assert logs_model("best", 1, 5, {"val_iou": 0.1}, [])
-    assert logs_model("best", 3, 5, {"val_iou": 0.6}, history)
-    assert not logs_model("best", 3, 5, {"val_iou": 0.5}, history)  # a tie is no improvement
+    assert should_log_model("all", 3, 5, {"val_iou": 0.1}, history)
+    assert not should_log_model("last", 3, 5, {"val_iou": 0.9}, history)
+    assert should_log_model("last", 5, 5, {"val_iou": 0.1}, history)
+    assert should_log_model("best", 1, 5, {"val_iou": 0.1}, [])
+    assert should_log_model("best", 3, 5, {"val_iou": 0.6}, history)
+    assert not should_log_model("best", 3, 5, {"val_iou": 0.5}, history)  # a tie is no improvement
     # With per-epoch tracking, AUC decides: a higher val IoU with a lower AUC is no improvement.
     history = [{"val_iou": 0.65, "val_auc": 0.05}, {"val_iou": 0.30, "val_auc": 0.20}]
-    assert logs_model("best", 3, 5, {"val_iou": 0.40, "val_auc": 0.25}, history)
-    assert not logs_model("best", 3, 5, {"val_iou": 0.70, "val_auc": 0.10}, history)
+    assert should_log_model("best", 3, 5, {"val_iou": 0.40, "val_auc": 0.25}, history)
+    assert not should_log_model("best", 3, 5, {"val_iou": 0.70, "val_auc": 0.10}, history)

@@ -425,7 +425,7 @@ def test_hf_token_appears_in_no_log_artifact_param_tag_metric_card_or_error(
     assert TOKEN[3:] not in "".join(texts)  # not even without its prefix
 
 
-# -- every bad input: one `error:` line, exit 2 (issue 20, item 4) ---------------------------------
+# -- every bad input: one `error:` line, exit 2 --------------------------------------------------
 def _project_checkpoint(folder: Path, change=None) -> Path:
     """A complete, resumable epoch_1.ckpt of the tiny config, built without training (fast);
     `change(state)` damages it. No manifest beside it (a hand-made file)."""
@@ -622,7 +622,7 @@ def test_skip_bad_sequences_redraws_unreadable_frames_deterministically(tmp_path
     assert skipped[1] >= 1  # airplane-2 is a quarter of the training sequences: 16 samples hit it
 
 
-# -- corrupted checkpoints (issue 20, item 2) -------------------------------------------------------
+# -- corrupted checkpoints --------------------------------------------------------------------------
 def _flip_byte(path: Path) -> None:
     """Flip one byte in place (the local file is a hard link to the stored artifact: both change)."""
     with open(path, "r+b") as f:

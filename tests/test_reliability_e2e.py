@@ -2,7 +2,7 @@
 points and resumed bit for bit, SIGINT/SIGTERM, two trainers on one sqlite store, a tracking
 server that goes away mid-run, bad parameters through `mlflow run`.
 
-All subprocesses share one sqlite store (module fixture) and the session's sample-data cache;
+All subprocesses share one sqlite store (module fixture) and the test run's sample-data cache;
 each test tells its runs apart by run id. Budget: about 3-4 minutes on 2 CPU cores.
 """
 
@@ -355,7 +355,7 @@ def test_mlflow_run_with_bad_parameters_fails_clearly(tmp_path, entry, params, e
         assert MlflowClient().get_run(run_id).info.status == "FAILED"
 
 
-# -- two first runs at once in a fresh folder (issue 20, item 3) ---------------------------------
+# -- two first runs at once in a fresh folder ----------------------------------------------------
 def test_two_first_runs_at_once_in_a_fresh_folder(tmp_path, tiny, reference):
     """No mlflow.db yet: both processes create the sqlite store at the same moment (MLflow's
     schema creation raced: an alembic CommandError in one of them, 3 of 3 trials, before the
@@ -381,12 +381,12 @@ def test_two_first_runs_at_once_in_a_fresh_folder(tmp_path, tiny, reference):
                                    fresh / "out" / run_id / "checkpoints" / f"epoch_{epoch}.ckpt")
 
 
-# -- killed while writing the report and plots (issue 20, item 5) ---------------------------------
+# -- killed while writing the report and plots ----------------------------------------------------
 def test_a_run_killed_while_writing_its_report_is_finished_by_resume(tmp_path, tiny, reference):
     """SIGKILL while MLflow copies plots/loss.png (every checkpoint is complete): the run stays
     RUNNING with a half-copied `.artifact.uploading.*` file. `--resume <id>` with the same
-    epochs used to refuse it as "already finished"; it now finishes it: a new run with the
-    report and plots, FINISHED, the old one KILLED, the leftover removed."""
+    epochs finishes it: a new run with the report and plots, FINISHED, the old one KILLED, the
+    leftover removed."""
     out = tmp_path / "out"
     before = run_ids()
     child = Child(tmp_path / "killed", train_args(tiny, out), hook=("artifact", "loss.png"))

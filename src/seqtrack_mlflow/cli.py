@@ -213,6 +213,7 @@ def _fetch_hub(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # One declaration after another, command by command: long, but it reads as the CLI's help.
     parser = argparse.ArgumentParser(prog="python -m seqtrack_mlflow", formatter_class=_Formatter,
                                      description="Deterministic SeqTrack training tracked with MLflow.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")

@@ -211,7 +211,7 @@ class MlflowConfig:
     log_models: str
     """Which epochs become MLflow LoggedModels (pyfunc, safetensors weights) beside their
     checkpoint: all | best (each epoch that improves the best score so far: epoch/val_auc when
-    the run tracks each epoch, else epoch/val_iou; selection.py) | last."""
+    the run tracks each epoch, else epoch/val_iou; epoch_ranking.py) | last."""
     registered_model: str
     """Model Registry name the best epoch is registered under at the end of training
     ('' = do not register)."""

@@ -34,7 +34,8 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Every range and cross-field rule of a `config.Config`, checked once before any work starts."""
+    """Every range and cross-field rule of a `config.Config`, checked once before any work starts.
+    (One rule a line, section by section: long, but it reads as the table of allowed values.)"""
     d, m, t = cfg.data, cfg.model, cfg.train
     for part in dataclasses.fields(cfg):  # NaN and inf pass every range check below: refuse them first
         section = getattr(cfg, part.name)

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from seqtrack_mlflow import hub
 from seqtrack_mlflow.errors import CheckpointError
 from seqtrack_mlflow.fsutil import sha256_file
-from seqtrack_mlflow.names import MANIFEST, checkpoint_name
+from seqtrack_mlflow.names import CHECKPOINTS, MANIFEST, checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_tag(run_id: str) -> str:
 
 
 def weights_dir(epoch: int) -> str:
-    return f"checkpoints/epoch_{epoch}"
+    return f"{CHECKPOINTS}/epoch_{epoch}"
 
 
 def resume_path(epoch: int) -> str:

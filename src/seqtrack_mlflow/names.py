@@ -15,12 +15,26 @@ BLOCK_METRICS = (TRAIN_LOSS, TRAIN_IOU, "time/block_seconds", "time/elapsed_seco
                  "time/eta_epoch_seconds", "time/samples_per_second")
 
 # -- metrics (step = epoch) --------------------------------------------------------------------
-# The trainer keeps one row per epoch ({"train_loss": ..., "val_iou": ...}, in checkpoints too)
-# and logs each key under EPOCH_PREFIX.
+# The trainer keeps one row per epoch (its history, in every checkpoint too) with these keys and
+# logs each as EPOCH_PREFIX + key. Held-out tracking adds val_auc, val_precision, val_norm_precision.
+ROW_TRAIN_LOSS = "train_loss"
+ROW_VAL_IOU = "val_iou"
+ROW_BEST_VAL_IOU = "best_val_iou"
+ROW_VAL_AUC = "val_auc"  # closed-loop tracking of the held-out sequences (data.val_tracking)
+ROW_SECONDS = "seconds"
+ROW_LR = "lr"  # the rate the epoch trained with
+ROW_SKIPPED = "skipped_samples"
 EPOCH_PREFIX = "epoch/"
-EPOCH_TRAIN_LOSS = "epoch/train_loss"
-VAL_IOU = "epoch/val_iou"
-VAL_AUC = "epoch/val_auc"  # closed-loop tracking of the held-out sequences (data.val_tracking)
+
+
+def epoch_metric(key: str) -> str:
+    """The MLflow metric of an epoch-row key: 'val_iou' -> 'epoch/val_iou'."""
+    return EPOCH_PREFIX + key
+
+
+EPOCH_TRAIN_LOSS = epoch_metric(ROW_TRAIN_LOSS)
+VAL_IOU = epoch_metric(ROW_VAL_IOU)
+VAL_AUC = epoch_metric(ROW_VAL_AUC)
 NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
@@ -33,8 +47,19 @@ KIND_TAG = "seqtrack.kind"  # what a run is: one of KINDS; only "train" runs hol
 KINDS = ("train", "evaluate", "mirror", "download")
 ERROR_TAG = "seqtrack.error"
 EPOCH_TAG = "seqtrack.epoch"  # on evaluation runs, LoggedModels and registered versions
+TAG_PREFIX = "seqtrack."  # + version and CPU facts (seqtrack.torch_version, seqtrack.cpu_model, ...)
+GIT_COMMIT_TAG = "seqtrack.git_commit"
+DEVICE_TAG = "seqtrack.device"
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
 DATA_SOURCE_TAG = "seqtrack.data_source"  # where the run's frames came from, in words
+DATA_REVISION_TAG = "seqtrack.data_revision"  # l-lt/LaSOT commit, or 'local'
+DATA_ROOT_TAG = "seqtrack.data_root"
+DATA_ORIGIN_TAG = "seqtrack.data_origin"
+DATA_FINGERPRINT_TAG = "seqtrack.data_fingerprint"  # digest of the whole frame index
+# On evaluation runs: what was evaluated.
+EVALUATED_RUN_TAG = "seqtrack.evaluated_run"
+CHECKPOINT_SHA256_TAG = "seqtrack.checkpoint_sha256"
+MODEL_ID_TAG = "seqtrack.model_id"
 RESUMED_FROM_TAG = "seqtrack.resumed_from"  # a resumed run: the run (or file) and epoch it continues
 RESUMED_FROM_EPOCH_TAG = "seqtrack.resumed_from_epoch"
 RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over

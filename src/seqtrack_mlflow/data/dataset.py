@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqtrack_mlflow import names
 from seqtrack_mlflow.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ class DataOrigin:
     """Dataset source URI: hf://datasets/l-lt/LaSOT@<commit>, file://<root>, or the sample's."""
 
     def tags(self) -> dict[str, str]:
-        return {"seqtrack.data_source": self.source, "seqtrack.data_revision": self.revision,
-                "seqtrack.data_root": self.root, "seqtrack.data_origin": self.kind}
+        return {names.DATA_SOURCE_TAG: self.source, names.DATA_REVISION_TAG: self.revision,
+                names.DATA_ROOT_TAG: self.root, names.DATA_ORIGIN_TAG: self.kind}
 
 
 def lasot_origin(root: Path, revisions: dict[str, str]) -> DataOrigin:
@@ -129,6 +130,6 @@ def dataset_inputs(dataset, data: DataConfig, contexts: tuple[str, ...]) -> tupl
         inputs.append(DatasetInput(rows, f"{base}/{CONTEXT_SPLITS[context]}", context,
                                    index_digest(rows)[:DIGEST_CHARS], source))
     origin = getattr(dataset, "origin", None)
-    tags = dict(origin.tags()) if origin is not None else {"seqtrack.data_source": source}
-    tags["seqtrack.data_fingerprint"] = index_digest(index)
+    tags = dict(origin.tags()) if origin is not None else {names.DATA_SOURCE_TAG: source}
+    tags[names.DATA_FINGERPRINT_TAG] = index_digest(index)
     return inputs, tags

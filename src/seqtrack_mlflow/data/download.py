@@ -100,7 +100,8 @@ def _is_sha(revision: str | None) -> bool:
 def ensure_lasot(root: str | Path, classes, token: str | None = None, endpoint: str | None = None,
                  keep_zip: bool = False, revision: str | None = None,
                  limits: ExtractLimits | None = None) -> LasotInstall:
-    """Use or download each chosen class under `root` (see the module docstring)."""
+    """Use or download each chosen class under `root` (see the module docstring). One function:
+    the per-class steps (use in place, reuse a kept zip, download, install) share their state."""
     root = Path(root).expanduser()
     classes = tuple(classes)
     limits = limits or ExtractLimits()

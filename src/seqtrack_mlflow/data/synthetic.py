@@ -272,7 +272,8 @@ _BIKE_COLOURS = [(25, 70, 210), (210, 30, 30), (20, 160, 70), (240, 200, 20), (1
 def write_sequence(path: Path, cls: str, rng: np.random.Generator, leaves_frame: bool,
                    occluder: bool) -> None:
     """Render one sequence into `path` (LaSOT layout), optionally with an excursion out of
-    the frame and/or an occluder the target passes behind."""
+    the frame and/or an occluder the target passes behind. One function on purpose: its random
+    draws happen in one fixed order, and that order defines the bundled data (tree_sha256)."""
     n = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
     bg = _background(rng, cls)
     palette = _PLANE_COLOURS if cls == "airplane" else _BIKE_COLOURS

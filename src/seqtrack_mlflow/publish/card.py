@@ -203,6 +203,7 @@ def _usage(inputs: CardInputs) -> list[str]:
 
 
 def body(inputs: CardInputs) -> str:
+    # The card's text, section after section as the reader sees it: long, but linear.
     cfg = inputs.config
     flat_cfg = flatten(cfg)
     classes = flat_cfg.get("data.classes") or []

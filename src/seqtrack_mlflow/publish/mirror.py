@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from seqtrack_mlflow import experiment, hub, names, selection
+from seqtrack_mlflow import epoch_ranking, experiment, hub, names
 from seqtrack_mlflow.errors import CheckpointError, HubError, TrackingError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.hub_repo import (
@@ -63,8 +63,8 @@ log = logging.getLogger(__name__)
 RUN_MANIFEST = f"{names.CHECKPOINTS}/{names.MANIFEST}"  # the trainer's, in the run's artifacts
 MAX_TAG_ROUNDS = 5  # re-reads of the branch head after a mirror's commit (concurrent mirrors)
 # Model card column -> MLflow metric (logged once per epoch with step = epoch).
-EPOCH_METRICS = {column: f"{names.EPOCH_PREFIX}{column}"
-                 for column in ("train_loss", "val_iou", "best_val_iou", "seconds")}
+EPOCH_METRICS = {column: names.epoch_metric(column) for column in
+                 (names.ROW_TRAIN_LOSS, names.ROW_VAL_IOU, names.ROW_BEST_VAL_IOU, names.ROW_SECONDS)}
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,11 @@ def verify_checkpoints(folder: Path) -> list[dict[str, Any]]:
     present = {p.name for p in ckpt_dir.glob("*.ckpt")}
     listed = {e["file"] for e in entries}
     if present - listed:
-        raise CheckpointError(f"checkpoints/{sorted(present - listed)[0]} is not listed in {RUN_MANIFEST}; "
+        raise CheckpointError(f"{names.CHECKPOINTS}/{sorted(present - listed)[0]} is not listed in {RUN_MANIFEST}; "
                               f"refusing to upload an unverified checkpoint")
     for entry in entries:
         path = ckpt_dir / entry["file"]
-        name = f"checkpoints/{entry['file']}"
+        name = f"{names.CHECKPOINTS}/{entry['file']}"
         if entry["file"] != checkpoint_name(entry["epoch"]):
             raise CheckpointError(f"{RUN_MANIFEST}: {entry['file']!r} should be named "
                                   f"{checkpoint_name(entry['epoch'])!r} for epoch {entry['epoch']}")
@@ -156,11 +156,11 @@ def _load_optional(path: Path, parse) -> Any:
 
 def choose_best_epoch(run_id: str, epochs: list[int], last_state: dict[str, Any] | None) -> tuple[int, str]:
     """(epoch, why) of the root weights: the best epoch among the checkpoints by the rule of
-    `selection` (as evaluate's 'best'), else the last epoch."""
-    best = selection.best_of_run(run_id, epochs, lambda: (last_state or {}).get("metrics"))
+    `epoch_ranking` (as evaluate's 'best'), else the last epoch."""
+    best = epoch_ranking.best_of_run(run_id, epochs, lambda: (last_state or {}).get("metrics"))
     if best is not None:
         epoch, metric, value = best
-        return epoch, selection.describe(metric, value)
+        return epoch, epoch_ranking.describe(metric, value)
     return max(epochs), "last epoch (no validation metric recorded)"
 
 

@@ -17,22 +17,22 @@ from typing import Any
 
 import mlflow
 
-from seqtrack_mlflow import names, selection
+from seqtrack_mlflow import epoch_ranking, names
 from seqtrack_mlflow.experiment import client, tracking_errors
 from seqtrack_mlflow.publish import pyfunc_model
 from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
 
 
-def logs_model(mode: str, epoch: int, last_epoch: int, row: dict[str, float],
+def should_log_model(mode: str, epoch: int, last_epoch: int, row: dict[str, float],
                history: list[dict[str, float]]) -> bool:
     """Whether `epoch` (its metrics `row`) becomes a LoggedModel under mlflow.log_models
     (all | best | last); `history` holds the earlier epochs. best: the first epoch and each one
-    that beats every earlier one by the `selection` rule."""
+    that beats every earlier one by the `epoch_ranking` rule."""
     if mode == "all":
         return True
     if mode == "last":
         return epoch == last_epoch
-    best = selection.best_in_history([*history, row], range(1, len(history) + 2))
+    best = epoch_ranking.best_in_history([*history, row], range(1, len(history) + 2))
     return not history or (best is not None and best[0] == len(history) + 1)
 
 
@@ -82,12 +82,12 @@ class EpochModels:
         return f"{name}/{version.version}"
 
     def register_best(self, history: list[dict[str, float]], name: str, alias: str) -> tuple[str, int, str, float]:
-        """The best logged epoch (`selection`: highest epoch/val_auc, else epoch/val_iou; earliest
+        """The best logged epoch (`epoch_ranking`: highest epoch/val_auc, else epoch/val_iou; earliest
         on ties) as a version of `name` with `alias`: (version or '', epoch, metric, value)."""
         logged = sorted(self.models)
         if not name or not logged:
             return "", 0, "", math.nan
-        epoch, metric, value = selection.best_in_history(history, logged) or (logged[-1], "", math.nan)
+        epoch, metric, value = epoch_ranking.best_in_history(history, logged) or (logged[-1], "", math.nan)
         version = self.register(epoch, name, alias,
                                 description=f"SeqTrack epoch {epoch} of run {self.run_id}, "
                                             f"{metric or 'no validation metric'} {value:.4f}")

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqtrack_mlflow import selection
+from seqtrack_mlflow import epoch_ranking
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.publish.export import export_pretrained
-from seqtrack_mlflow.publish.models import EpochModels, logs_model
+from seqtrack_mlflow.publish.models import EpochModels, should_log_model
 from seqtrack_mlflow.publish.uploader import EpochUploader
 from seqtrack_mlflow.train.loop import EpochListener
 
@@ -31,7 +31,7 @@ class Publisher(EpochListener):
         """The epoch's weights as a LoggedModel of the run when mlflow.log_models picks it:
         safetensors + config.json exactly as the Hub mirror writes them, staged in a temporary
         folder (the checkpoint stays the local copy). Its id, or ''."""
-        if not logs_model(self.cfg.mlflow.log_models, epoch, self.cfg.train.epochs, history[-1], history[:-1]):
+        if not should_log_model(self.cfg.mlflow.log_models, epoch, self.cfg.train.epochs, history[-1], history[:-1]):
             return ""
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="seqtrack-model-") as tmp:
@@ -44,7 +44,7 @@ class Publisher(EpochListener):
     def checkpoint_logged(self, epoch: int, path: Path, history: list[dict[str, float]]) -> None:
         """Hand the checkpoint to the Hub uploader (it only queues: returns at once)."""
         if self.uploader is not None:
-            self.uploader.on_checkpoint(epoch, path, selection.row_score(history[-1]) if history else None)
+            self.uploader.on_checkpoint(epoch, path, epoch_ranking.row_score(history[-1]) if history else None)
 
     def training_finished(self, history: list[dict[str, float]]) -> None:
         """Register the best logged epoch with the configured alias."""

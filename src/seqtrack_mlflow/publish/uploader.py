@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from seqtrack_mlflow import hub, selection
+from seqtrack_mlflow import epoch_ranking, hub
 from seqtrack_mlflow.errors import SeqTrackError
 from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.hub_repo import MANIFEST_FORMAT, resume_path, weights_dir
@@ -66,7 +66,7 @@ class EpochUploader:
     # -- the trainer's side ----------------------------------------------------------------------
     def on_checkpoint(self, epoch: int, checkpoint: str | Path, score: float | None = None) -> None:
         """Queue epoch `epoch` (its complete checkpoint file) for upload; returns immediately.
-        `score` ranks epochs for the root weights (`selection.row_score`: val AUC, else val IoU)."""
+        `score` ranks epochs for the root weights (`epoch_ranking.row_score`: val AUC, else val IoU)."""
         with self._done:
             self._outstanding += 1
         self._queue.put((int(epoch), Path(checkpoint), score))
@@ -149,7 +149,7 @@ class EpochUploader:
                 self._scores[epoch] = float(score)
         epochs = sorted(self._pending)
         # the rule of evaluate's 'best' and the mirror's root: highest finite score, earliest on ties
-        ranked = selection.best_epoch(self._scores.items(), epochs)
+        ranked = epoch_ranking.best_epoch(self._scores.items(), epochs)
         best = ranked[0] if ranked is not None else max(epochs)
         upload = self._tmp / "upload"
         shutil.rmtree(upload, ignore_errors=True)

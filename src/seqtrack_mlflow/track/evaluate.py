@@ -4,7 +4,7 @@ with the LaSOT metrics and log everything to MLflow.
 Which checkpoint:
 - `--run-id R --epoch best|last|N`: the artifact `checkpoints/epoch_N.ckpt` of training run R.
   best = the epoch with the highest `epoch/val_auc` (tracking the held-out sequences after each
-  epoch, data.val_tracking), else `epoch/val_iou` (seqtrack_mlflow.selection; if the run logged
+  epoch, data.val_tracking), else `epoch/val_iou` (seqtrack_mlflow.epoch_ranking; if the run logged
   neither, the `metrics` history stored in its last checkpoint); ties go to the earliest epoch.
 - `--checkpoint PATH`: a checkpoint file (its `epoch` is reported).
 - neither: the newest FINISHED training run (with checkpoints) of the active experiment.
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqtrack_mlflow import experiment, names, selection
+from seqtrack_mlflow import epoch_ranking, experiment, names
 from seqtrack_mlflow.config import Config, load_config
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
@@ -120,13 +120,13 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
         return CheckpointChoice(fetch(spec), spec, run_id, "asked")
     if spec == "last":
         return CheckpointChoice(fetch(epochs[-1]), epochs[-1], run_id, "last")
-    best = selection.best_of_run(run_id, epochs, lambda: load_checkpoint(fetch(epochs[-1])).get("metrics"))
+    best = epoch_ranking.best_of_run(run_id, epochs, lambda: load_checkpoint(fetch(epochs[-1])).get("metrics"))
     if best is None:
         raise TrackingError(f"run {run_id} has no {names.VAL_AUC} or {names.VAL_IOU} metric (and its "
                             "last checkpoint no validation history) to pick the best epoch; pass --epoch N "
                             "or last")
     epoch, metric, value = best
-    return CheckpointChoice(fetch(epoch), epoch, run_id, selection.describe(metric, value))
+    return CheckpointChoice(fetch(epoch), epoch, run_id, epoch_ranking.describe(metric, value))
 
 
 def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
@@ -150,7 +150,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     key += f"_{cfg.track.geometry}"
     if dataclasses.replace(cfg.track, geometry=OFFICIAL_GEOMETRY) != load_config().track:
         key += f"-{hashlib.sha256(repr(cfg.track).encode()).hexdigest()[:8]}"
-    out = Path(cfg.train.output_dir) / "evaluation" / key
+    out = Path(cfg.train.output_dir) / names.EVALUATION / key
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
@@ -161,8 +161,8 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     if not sequences:
         raise DataError(f"no test sequences for classes {', '.join(cfg.data.classes)}")
 
-    tags = {"seqtrack.evaluated_run": choice.run_id, names.EPOCH_TAG: ckpt_epoch,
-            "seqtrack.checkpoint_sha256": digest, "seqtrack.model_id": choice.model_id}
+    tags = {names.EVALUATED_RUN_TAG: choice.run_id, names.EPOCH_TAG: ckpt_epoch,
+            names.CHECKPOINT_SHA256_TAG: digest, names.MODEL_ID_TAG: choice.model_id}
     run_name = f"eval-epoch{ckpt_epoch}" if choice.run_id else f"eval-{choice.path.stem}"
     with experiment.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
         # Namespaced: `mlflow run -e evaluate` has logged the -P values (checkpoint, epoch, ...)
@@ -190,7 +190,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
             metrics.update({f"{names.EVAL_PREFIX}{name}/{k}": v for k, v in s.items() if k in names.EVAL_METRICS})
         run.log_metrics(metrics, step=step)
         run.log_table(sequence_table(report), f"{names.EVALUATION}/sequences.json")
-        run.log_artifacts(out, "evaluation")
+        run.log_artifacts(out, names.EVALUATION)
         if choice.run_id:  # where people look: the training run's charts (AUC against epoch), the model page
             experiment.log_to_training_run(choice.run_id, overall, step, choice.model_id)
         report["mlflow_run_id"] = run.run_id

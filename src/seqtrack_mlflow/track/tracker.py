@@ -18,7 +18,7 @@ microsoft/VideoX SeqTrack step by step (checked against it by benchmarks/officia
   official one: the sum of the four tokens' (windowed) probabilities times 10
   (`confidence.sum() * 10`). Official LaSOT setting: interval 450, threshold 0.6.
 
-`geometry="exact-corner"` is this project's earlier variant, kept as a documented deviation:
+`geometry="exact-corner"` is a documented deviation from the official geometry:
 crops by one PIL bilinear resample (`geometry.crop_image`, no lost last row/column) and maps
 predictions back through the crop's actual rounded corner (`CropWindow.crop_to_image`), in
 float64. It differs from the official mapping by up to 0.5 px a frame, which feeds the next

@@ -145,20 +145,20 @@ class Trainer:
                 train_loss = self.train_epoch(epoch)
                 if self.is_main:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
-                    best = max([h["val_iou"] for h in self.history] + [val_iou])
+                    best = max([h[names.ROW_VAL_IOU] for h in self.history] + [val_iou])
                     tracking = track_held_out(self.model, self.dataset, cfg, self.device)
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if cfg.train.schedule == "step":
                     self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
-                    row = {"train_loss": train_loss, "val_iou": val_iou, "best_val_iou": best,
-                           **{f"val_{k}": v for k, v in tracking.items()},
-                           "seconds": time.perf_counter() - t_epoch, "lr": lr,
-                           "skipped_samples": float(self.skipped)}
+                    row = {names.ROW_TRAIN_LOSS: train_loss, names.ROW_VAL_IOU: val_iou,
+                           names.ROW_BEST_VAL_IOU: best, **{f"val_{k}": v for k, v in tracking.items()},
+                           names.ROW_SECONDS: time.perf_counter() - t_epoch, names.ROW_LR: lr,
+                           names.ROW_SKIPPED: float(self.skipped)}
                     self.history.append(row)
                     log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline "
                              "%.4f)%s, %.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
-                             f", tracking AUC {tracking['auc']:.4f}" if tracking else "", row["seconds"])
+                             f", tracking AUC {tracking['auc']:.4f}" if tracking else "", row[names.ROW_SECONDS])
                     self.save_checkpoint(epoch)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:

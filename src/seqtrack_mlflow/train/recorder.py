@@ -18,7 +18,7 @@ from seqtrack_mlflow.data.dataset import dataset_inputs, dataset_source
 from seqtrack_mlflow.data.summary import COUNT_KEYS
 from seqtrack_mlflow.train import report
 from seqtrack_mlflow.train.checkpoint import Manifest
-from seqtrack_mlflow.train.resume import ResumeState, adopt
+from seqtrack_mlflow.train.resume import ResumeState, adopt_earlier_epochs
 from seqtrack_mlflow.train.warm_start import InitWeights, inherited_tags
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ class RunRecorder:
         # the config's resolved values are namespaced, the resolved device has its own name.
         run.log_params({**cfg.flat(), "resolved_device": str(device)})
         run.set_tags({
-            "seqtrack.git_commit": provenance.git_commit(),
-            "seqtrack.device": str(device),
-            **{f"seqtrack.{k}_version": v for k, v in provenance.versions().items()},
-            **{f"seqtrack.{k}": v for k, v in provenance.cpu_facts().items()},
+            names.GIT_COMMIT_TAG: provenance.git_commit(),
+            names.DEVICE_TAG: str(device),
+            **{f"{names.TAG_PREFIX}{k}_version": v for k, v in provenance.versions().items()},
+            **{f"{names.TAG_PREFIX}{k}": v for k, v in provenance.cpu_facts().items()},
             names.DATA_SOURCE_TAG: dataset_source(cfg.data, dataset),
             names.OUTPUT_DIR_TAG: str(self.out_dir.resolve()),
             "mlflow.note.content": f"SeqTrack, {cfg.train.epochs} epochs on {','.join(cfg.data.classes)} "
@@ -67,7 +67,7 @@ class RunRecorder:
         if resume is not None:
             run.set_tags({names.RESUMED_FROM_TAG: resume.describe(), names.RESUMED_FROM_EPOCH_TAG: resume.epoch,
                           **inherited_tags(resume.state)})
-            self.blocks = adopt(resume, run, manifest, manifest.folder, self.out_dir / names.TRAINING_LOG)
+            self.blocks = adopt_earlier_epochs(resume, run, manifest, manifest.folder, self.out_dir / names.TRAINING_LOG)
 
     def block(self, step: int, loss: float, iou: float, block_s: float, since_start: float, left: float,
               count: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure  # a Figure object: no global backend, never a window
 
-from seqtrack_mlflow import names, provenance, selection
+from seqtrack_mlflow import epoch_ranking, names, provenance
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.summary import COUNT_KEYS
 from seqtrack_mlflow.train.progress import hms
@@ -33,8 +33,9 @@ def reproduce_commands(run_id: str) -> list[str]:
 def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]],
            manifest: list[dict[str, Any]], total_seconds: float, device: torch.device, run_id: str,
            no_motion_iou: float) -> str:
-    best_epoch, best = max(enumerate((h["val_iou"] for h in history), start=1), key=lambda e: e[1])
-    chosen = selection.best_in_history(history, range(1, len(history) + 1))
+    # report.md top to bottom, one section after another: long, but linear.
+    best_epoch, best = max(enumerate((h[names.ROW_VAL_IOU] for h in history), start=1), key=lambda e: e[1])
+    chosen = epoch_ranking.best_in_history(history, range(1, len(history) + 1))
     tracked = chosen is not None and chosen[1] == names.VAL_AUC  # data.val_tracking was on
     lines = [
         "# SeqTrack training report", "",
@@ -74,7 +75,7 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
         "(mean of the per-epoch averages below)",
         f"- Total training time: {hms(total_seconds)} hours",
         *([f"- Sample draws redrawn because a frame was unreadable (data.skip_bad_sequences): {skipped}"]
-          if (skipped := int(sum(h.get("skipped_samples", 0) for h in history))) else []),
+          if (skipped := int(sum(h.get(names.ROW_SKIPPED, 0) for h in history))) else []),
         "", "| epoch | average train loss | validation IoU | best IoU so far |"
         + (" tracking AUC |" if tracked else "") + " seconds |",
         "|---|---|---|---|" + ("---|" if tracked else "") + "---|",
@@ -105,9 +106,9 @@ def save_plots(blocks: dict[str, list[tuple[int, float]]], history: list[dict[st
     epochs = list(range(1, len(history) + 1))
     paths = []
     for name, block_key, block_title, epoch_key, ylabel in (
-            ("loss.png", names.TRAIN_LOSS, "train/loss (every progress block)", "train_loss",
+            ("loss.png", names.TRAIN_LOSS, "train/loss (every progress block)", names.ROW_TRAIN_LOSS,
              "cross-entropy loss"),
-            ("iou.png", names.TRAIN_IOU, "train/iou, teacher-forced (every progress block)", "val_iou", "IoU")):
+            ("iou.png", names.TRAIN_IOU, "train/iou, teacher-forced (every progress block)", names.ROW_VAL_IOU, "IoU")):
         fig = Figure(figsize=(10, 3.8))
         ax_block, ax_epoch = fig.subplots(1, 2)
         steps, values = zip(*blocks[block_key]) if blocks.get(block_key) else ((), ())

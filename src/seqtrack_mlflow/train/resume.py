@@ -169,7 +169,7 @@ def check_resume_config(cfg: Config, state: dict[str, Any], spec: str) -> None:
                           f"resume needs the same settings")
 
 
-def adopt(resume: ResumeState, run: "experiment.TrainingRun", manifest, ckpt_dir: Path,
+def adopt_earlier_epochs(resume: ResumeState, run: "experiment.TrainingRun", manifest, ckpt_dir: Path,
           log_path: Path) -> dict[str, list[tuple[int, float]]]:
     """Bring the earlier epochs into the new run: checkpoints (into ckpt_dir and the manifest,
     logged as artifacts), progress-log blocks, epoch metrics, and the source run's per-block

@@ -247,23 +247,23 @@ def fit_to_model(init: InitWeights, model_cfg: ModelConfig) -> dict[str, torch.T
     shapes; one line naming the first differing key (and both shapes) otherwise."""
     from seqtrack_mlflow.model.load import adapt_pos_embeds
     from seqtrack_mlflow.model.seqtrack import SeqTrack
+    from seqtrack_mlflow.model.weights import compare
 
     with torch.random.fork_rng(devices=[]):  # a throw-away model: the global RNG stays untouched
         model = SeqTrack(dataclasses.replace(model_cfg, pretrained=""))
     state = adapt_pos_embeds(init.state, model) if init.official else dict(init.state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(f"the source has no {missing[0]} ({len(missing)} tensor(s) of this config's "
+    diff = compare(own, state)
+    if diff is not None and diff.missing:
+        raise CheckpointError(f"the source has no {diff.missing[0]} ({len(diff.missing)} tensor(s) of this config's "
                               "model missing: another depth, decoder_layers or num_templates?)")
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise CheckpointError(f"the source has {unexpected[0]}, which this config's model lacks "
-                              f"({len(unexpected)} unexpected tensor(s): another depth or decoder_layers?)")
-    for key, tensor in own.items():
-        if state[key].shape != tensor.shape:
-            raise CheckpointError(f"{key} has shape {tuple(state[key].shape)} in the source, "
-                                  f"{tuple(tensor.shape)} in this config's model")
+    if diff is not None and diff.unexpected:
+        raise CheckpointError(f"the source has {diff.unexpected[0]}, which this config's model lacks "
+                              f"({len(diff.unexpected)} unexpected tensor(s): another depth or decoder_layers?)")
+    if diff is not None:
+        key = diff.wrong_shape[0]
+        raise CheckpointError(f"{key} has shape {tuple(state[key].shape)} in the source, "
+                              f"{tuple(own[key].shape)} in this config's model")
     return {k: state[k] for k in own}
 
 

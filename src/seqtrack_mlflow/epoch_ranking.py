@@ -16,7 +16,7 @@ from typing import Any
 
 from seqtrack_mlflow import experiment, names
 
-SCORES = (("val_auc", names.VAL_AUC), ("val_iou", names.VAL_IOU))
+SCORES = ((names.ROW_VAL_AUC, names.VAL_AUC), (names.ROW_VAL_IOU, names.VAL_IOU))
 """(history key, MLflow metric) in order of preference."""
 
 
