@@ -11,6 +11,7 @@ import yaml
 from mlflow.projects import _project_spec  # mlflow's own MLproject loader
 
 from seqtrack_mlflow.config import load_config
+from seqtrack_mlflow.names import DEFAULT_HUB_REPO
 
 from .conftest import REPO
 
@@ -21,7 +22,7 @@ EXPECTED = {
                                               "classes", "data", "data_dir", "device", "precision", "resume", "init",
                                               "samples_per_epoch", "run_name", "experiment_name",
                                               "system_metrics", "log_models")}},
-    "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", "hossamaladdin/Assignment3"),
+    "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", DEFAULT_HUB_REPO),
                "private": ("string", "false"), "revision": NOT_GIVEN, "dry_run": ("string", "false")},
     "evaluate": {"run_id": NOT_GIVEN, "checkpoint": NOT_GIVEN, "epoch": ("string", "best"),
                  "data": NOT_GIVEN, "classes": NOT_GIVEN, "data_dir": NOT_GIVEN, "device": NOT_GIVEN},
@@ -36,6 +37,17 @@ def test_mlproject_parses_with_mlflow_and_has_the_promised_parameters():
         entry = project.get_entry_point(name)
         got = {p.name: (p.type, p.default) for p in entry.parameters.values()}
         assert got == params, name
+
+
+def test_one_default_hub_repo():
+    """The repo the CLI, the MLproject and the default preset publish to is names.DEFAULT_HUB_REPO
+    (the MLproject and YAML cannot import it, so they are checked against it)."""
+    from seqtrack_mlflow.cli import build_parser
+
+    assert DEFAULT_HUB_REPO == "hossamaladdin/Assignment3"  # the assignment's repo
+    assert load_config("default").hub.repo_id == DEFAULT_HUB_REPO
+    for command in (["mirror"], ["fetch-hub", "--epoch", "1"]):
+        assert build_parser().parse_args(command).repo_id == DEFAULT_HUB_REPO
 
 
 def test_environments_install_the_project_whose_dependencies_pin_torch():
