@@ -111,3 +111,12 @@ def test_the_checker_sees_a_violation():
     assert "publish.mirror" in deps["cli"]  # imported inside a command handler
     assert "train.loop" in deps["publish.publisher"]
     assert layer_of("track.evaluate") > layer_of("track.scoring") > layer_of("model.load")
+
+
+def test_the_readme_code_map_names_every_module():
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    code_map = readme[readme.index("## Code map"):]
+    missing = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" and f"{p.name}`" not in code_map and f"{p.name}," not in code_map
+               and f"{p.name})" not in code_map]
+    assert not missing, f"README's code map does not name {missing}"
