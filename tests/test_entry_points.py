@@ -1,4 +1,4 @@
-"""Every MLproject entry point exactly as README shows it (`mlflow run . --env-manager local -e
+"""Every MLproject entry point exactly as README and docs/ show it (`mlflow run . --env-manager local -e
 <entry> -P ...`), against one temporary sqlite store; run lookup; bad input; a regular install."""
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ class TrainConfig:
     labels bias every coordinate half a bin low: negligible with the official 4000 bins, a
     box that shrinks ~2% a frame in closed loop with 64 (benchmarks/results/learning.md)."""
     log_every: int
-    """Samples between progress blocks (the assignment's 50; README 'What the main job does')."""
+    """Samples between progress blocks (the assignment's 50; docs/training.md)."""
     output_dir: str
     """Local folder for checkpoints/, training_log.txt and report.md (one sub-folder per run)."""
     resume: str
@@ -182,7 +182,7 @@ class TrackConfig:
 
     geometry: str
     """'official' = the official tracker's crops and box mapping; 'exact-corner' = one PIL
-    crop and the box mapped through the rounded crop corner (README)."""
+    crop and the box mapped through the rounded crop corner (docs/fidelity.md)."""
     window: bool
     """Hanning window on the cx, cy token probabilities (official TEST.WINDOW: true)."""
     update_interval: int

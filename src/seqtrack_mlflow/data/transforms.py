@@ -11,7 +11,7 @@ and `transforms.py` with the transform chain of `lib/train/base_functions.py`:
   (TEMPLATE CENTER_JITTER = SCALE_JITTER = 0 in the b256 yaml).
 
 Differences from the official processing, on purpose; each has a `data.*` switch to the
-official behaviour (defaults keep this project's pipeline; README lists the measured effects):
+official behaviour (defaults keep this project's pipeline; docs/fidelity.md lists the measured effects):
 - `data.augment_on=crops`: grayscale and flip act on the crops instead of the full frames
   (cheaper; the same law: grayscale is per pixel and the centre jitter is symmetric). The crop
   flip is continuous, x' = side - x - w; the official frame flip uses pixel indices,

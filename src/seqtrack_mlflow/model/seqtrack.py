@@ -61,7 +61,7 @@ def boxes_to_sequences(box_cxcywh: torch.Tensor, bins: int,
     floor(x * (bins - 1)) (rounding="floor", official), so 0 -> bin 0 and 1 -> bin bins-1.
     The tracker decodes a token as token / (bins - 1), so floor labels teach every coordinate
     half a bin too low; rounding="nearest" (floor(x * (bins - 1) + 0.5)) removes that bias,
-    which matters with few bins (train.label_rounding, README).
+    which matters with few bins (train.label_rounding, docs/fidelity.md).
     Returns seq_input (B, 5) = [START, cx, cy, w, h] and seq_target (B, 5) = [cx, cy, w, h, END].
     """
     assert box_cxcywh.ndim == 2 and box_cxcywh.shape[1] == 4, \

@@ -22,7 +22,7 @@ microsoft/VideoX SeqTrack step by step (checked against it by benchmarks/officia
 crops by one PIL bilinear resample (`geometry.crop_image`, no lost last row/column) and maps
 predictions back through the crop's actual rounded corner (`CropWindow.crop_to_image`), in
 float64. It differs from the official mapping by up to 0.5 px a frame, which feeds the next
-crop (README, "Where this project differs from the official SeqTrack code").
+crop (docs/fidelity.md).
 
 The tracker accepts any model with `bins` and `predict(templates, search, window, use_cache)`
 returning (tokens (B, 4), confidence (B, 4)), so tests can drive it with an oracle.

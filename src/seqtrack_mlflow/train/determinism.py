@@ -33,7 +33,7 @@ def ensure_hash_seed(seed: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """The assignment's settings (README), plus deterministic algorithms everywhere."""
+    """The assignment's settings, plus deterministic algorithms everywhere."""
     # cuBLAS needs this before its first use for deterministic matmuls on CUDA.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)

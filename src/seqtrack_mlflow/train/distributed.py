@@ -2,7 +2,7 @@
 
 `-P nproc=N` (or `--set train.nproc=N`) re-launches the trainer under
 `python -m torch.distributed.run --standalone --nproc_per_node N`; on several machines run
-torchrun yourself with a rendezvous (README). Every rank builds the same model from the same
+torchrun yourself with a rendezvous (docs/distributed.md). Every rank builds the same model from the same
 seed; DistributedDataParallel averages gradients. `train.batch_size` is the GLOBAL batch: at
 each step rank r trains on its slice of the global batch's sample indices, so the ranks see
 disjoint samples, together exactly the samples a 1-process run sees. Only rank 0 logs to

@@ -1,4 +1,4 @@
-"""The assignment's progress block (README "What the main job does"), printed and appended to training_log.txt every 50 samples.
+"""The assignment's progress block (docs/training.md), printed and appended to training_log.txt every 50 samples.
 
     Epoch 1 : 50 / 7000 samples , 
     time for last 50 samples : 0:02:35 hours , 
