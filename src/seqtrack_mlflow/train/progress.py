@@ -1,4 +1,5 @@
-"""The assignment's progress block (docs/training.md), printed and appended to training_log.txt every 50 samples.
+"""The assignment's progress block (docs/training.md), printed and appended to training_log.txt
+every 50 samples: the one print outside the command line.
 
     Epoch 1 : 50 / 7000 samples , 
     time for last 50 samples : 0:02:35 hours , 
