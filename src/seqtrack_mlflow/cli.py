@@ -1,8 +1,8 @@
 """Command line: `python -m seqtrack_mlflow <command> ...` (the MLproject entry points call it).
 
 The only module that knows argparse and prints results (the one other print is the spec's
-progress block, train/progress.py, printed and written to training_log.txt): each command parses its own flags,
-builds the config (`load_config`: a flag left out, or given as "" by MLproject, keeps the
+progress block, train/progress.py, also written to training_log.txt): each command parses its
+own flags, builds the config (`load_config`: a flag left out, or given as "" by MLproject, keeps the
 preset's value), calls plain library functions and prints what they return. A `SeqTrackError`
 (bad parameter, bad file, missing token, ...) or an `OSError` (disk full, read-only folder) is
 printed as one line on stderr with exit code 2; anything else is a bug and keeps its traceback.
