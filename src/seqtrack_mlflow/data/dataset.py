@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from seqtrack_mlflow import names
 from seqtrack_mlflow.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class DataOrigin:
 
     def tags(self) -> dict[str, str]:
         return {"seqtrack.data_source": self.source, "seqtrack.data_revision": self.revision,
-                "seqtrack.data_root": self.root, "seqtrack.data_origin": self.kind}
+                names.DATA_ROOT_TAG: self.root, "seqtrack.data_origin": self.kind}
 
 
 def lasot_origin(root: Path, revisions: dict[str, str]) -> DataOrigin:
@@ -94,6 +95,14 @@ def open_dataset(data: DataConfig, endpoint: str | None = None):
                            follow_symlinks=data.follow_symlinks)
     dataset.origin = origin
     return dataset
+
+
+def test_split(dataset) -> list:
+    """The held-out sequences of an opened dataset, in class then number order: what the trainer
+    validates and tracks after each epoch and what `evaluate` scores. Which sequences these are
+    is decided by the split rules of data/lasot.py, so the same data config (a run's logged
+    one, which `evaluate` reads back) always gives the same list."""
+    return list(dataset.test)
 
 
 @dataclass(frozen=True)
