@@ -143,9 +143,15 @@ def _debug_samples(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from seqtrack_mlflow.track.evaluate import evaluate
 
-    cfg = config_from_args(args)
-    # The data is the evaluated run's own; only the data keys given here change it.
-    data = {k: v for k, v in overrides_from_args(args).items() if k.startswith("data.")}
+    overrides = overrides_from_args(args)
+    # The data is the evaluated model's training data; only the data keys given here change it
+    # (in evaluate). They are checked here already, before any work: the classes against LaSOT's
+    # (the sample's are among them) unless --data names the source; the folder in evaluate.
+    data = {k: v for k, v in overrides.items() if k.startswith("data.")}
+    early = {k: v for k, v in data.items() if k != "data.root"}
+    if not str(early.get("data.source") or "").strip():
+        early["data.source"] = "lasot"
+    cfg = load_config(args.config, {**{k: v for k, v in overrides.items() if k not in data}, **early})
     if args.epoch.strip().lower() == "all":
         if args.checkpoint.strip():
             raise SeqTrackError("--epoch all scores the checkpoints of a run: give --run-id, not --checkpoint")
