@@ -17,6 +17,7 @@ from seqtrack_mlflow import cli
 from seqtrack_mlflow.presets import preset_path
 
 from .conftest import REPO, new_store, use_store
+from .test_evaluation_data import assert_same_test_split
 from .tiny import write_tiny_config
 
 pytestmark = pytest.mark.slow
@@ -75,13 +76,15 @@ def test_main_logs_given_values_and_resolved_values_without_collisions(trained):
 
 
 def test_evaluate_entry_point(store, trained):
-    result = mlflow_run(store, "evaluate", run_id=trained, epoch="best", classes="airplane",
-                        device="cpu")
+    result = mlflow_run(store, "evaluate", run_id=trained, epoch="best", device="cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     run = runs_of_kind("evaluate")[0]
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == trained
     assert run.data.params["epoch"] == "best" and run.data.params["eval.epoch"] in ("1", "2")
     assert "eval/auc" in run.data.metrics
+    # the held-out sequences of the training run, on the sample
+    assert run.data.params["data.source"] == "sample" and run.data.tags["seqtrack.cross_data"] == "false"
+    assert assert_same_test_split(trained, run) == ["airplane-1", "airplane-9", "bicycle-2", "bicycle-7"]
 
 
 def test_download_entry_point_defaults_to_the_latest_training_run(store, trained, tmp_path):
@@ -95,7 +98,8 @@ def test_download_entry_point_defaults_to_the_latest_training_run(store, trained
 def test_mirror_without_run_id_after_an_evaluate_picks_the_training_run(store, trained, capsys, caplog):
     """The newest FINISHED run is an evaluation; only training runs are candidates."""
     caplog.set_level(logging.INFO)
-    assert mlflow_run(store, "evaluate", run_id=trained, classes="bicycle").returncode == 0
+    assert mlflow_run(store, "evaluate", run_id=trained, classes="bicycle", other_data="true").returncode == 0
+    assert runs_of_kind("evaluate")[0].data.tags["seqtrack.cross_data"] == "true"
     assert runs_of_kind("evaluate")[0].info.start_time > MlflowClient().get_run(trained).info.start_time
     assert cli.main(["mirror", "--dry-run", "--repo-id", "someone/repo"]) == 0
     assert f"mirroring run {trained}" in caplog.text

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -55,27 +57,40 @@ def sample_root() -> Path:
     return ensure_sample_data()
 
 
-def tiny_config():
+def tiny_config(**data):
+    """The tiny model, trained on the sample's airplane class (2 test sequences, 345 frames:
+    quick to track), data.* keys changed by `data`."""
     overrides = {f"model.{k}": v for k, v in TINY_MODEL.items()}
-    return load_config(None, {**overrides, "data.template_factor": 2.0})
+    return load_config(None, {**overrides, "data.template_factor": 2.0, "data.classes": "airplane",
+                              **{f"data.{k}": v for k, v in data.items()}})
 
 
-@pytest.fixture
-def training_run(tmp_path) -> str:
-    """A FINISHED run with 3 epoch checkpoints of a random tiny model and epoch/val_iou."""
-    cfg = tiny_config()
+def fake_training_run(folder: Path, cfg=None, logged_config=None, params=None, tags=None) -> str:
+    """A FINISHED training run with 3 epoch checkpoints of a random tiny model (their stored
+    config: cfg) and epoch/val_iou; logged_config (a config tree) becomes its config.yaml."""
+    cfg = cfg or tiny_config()
     torch.manual_seed(0)
     model = build_seqtrack(cfg.model)
     history = []
-    with mlflow.start_run(run_name="train", tags={"seqtrack.kind": "train"}) as run:
+    with mlflow.start_run(run_name="train", tags={"seqtrack.kind": "train", **(tags or {})}) as run:
+        if params:
+            mlflow.log_params(params)
+        if logged_config is not None:
+            mlflow.log_text(yaml.safe_dump(logged_config), "config.yaml")
         for epoch, iou in VAL_IOU.items():
             history.append({"train_loss": 1.0, "val_iou": iou})
             state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": {}, "epoch": epoch,
                      "seed": cfg.seed, "config": cfg.to_dict(), "metrics": list(history)}
-            path = save_checkpoint(tmp_path / "ckpt" / f"epoch_{epoch}.ckpt", state)
+            path = save_checkpoint(folder / "ckpt" / f"epoch_{epoch}.ckpt", state)
             mlflow.log_artifact(str(path), "checkpoints")
             mlflow.log_metric("epoch/val_iou", iou, step=epoch)
     return run.info.run_id
+
+
+@pytest.fixture
+def training_run(tmp_path) -> str:
+    """A training run of the tiny model on the sample's airplane class, data root '' (the cache)."""
+    return fake_training_run(tmp_path)
 
 
 def run_cli(*argv, sample_root: Path, out: Path) -> int:
@@ -85,8 +100,8 @@ def run_cli(*argv, sample_root: Path, out: Path) -> int:
 
 def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
     out = tmp_path / "out"
-    # one class (2 test sequences, 345 frames) keeps this test quick
-    assert run_cli("--run-id", training_run, "--classes", "airplane", sample_root=sample_root, out=out) == 0
+    # the run's own classes (airplane); --data-dir points at the same sample elsewhere: not other data
+    assert run_cli("--run-id", training_run, sample_root=sample_root, out=out) == 0
     client = MlflowClient()
     parent = client.get_run(training_run)
     children = client.search_runs([parent.info.experiment_id],
@@ -95,6 +110,11 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
     child = children[0]
     assert child.info.status == "FINISHED"
     assert child.data.tags["seqtrack.kind"] == "evaluate"
+    assert child.data.tags["seqtrack.cross_data"] == "false"
+    assert child.data.tags["seqtrack.trained_on"] == child.data.tags["seqtrack.evaluated_on"] == "sample:airplane"
+    assert child.data.params["data.root"] == str(sample_root)
+    [on_run] = client.get_metric_history(training_run, "eval/auc")  # the run's own result
+    assert on_run.step == 2 and on_run.value == child.data.metrics["eval/auc"]
     assert child.data.params["eval.epoch"] == "2" and "best" in child.data.params["eval.epoch_choice"]
     for key in ("eval/auc", "eval/precision", "eval/norm_precision", "eval/mean_iou", "eval/fps",
                 "eval/static_auc", "eval/static_precision", "eval/static_norm_precision"):
@@ -134,10 +154,11 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
         assert gif.n_frames == len(gif_frame_indices(len(seqs[0]), 40))
     printed = capsys.readouterr().out
     assert "overall: AUC" in printed and "static box: AUC" in printed
+    assert f"data: sample data, classes airplane, in {sample_root} (from the checkpoint's config; changed by " \
+           "--data-dir)" in printed
 
     # a second evaluation of the same checkpoint reuses the finished result files
-    assert run_cli("--run-id", training_run, "--epoch", "2", "--classes", "airplane",
-                   sample_root=sample_root, out=out) == 0
+    assert run_cli("--run-id", training_run, "--epoch", "2", sample_root=sample_root, out=out) == 0
     doc2 = json.loads((folder / "metrics.json").read_text())
     assert all(s["skipped"] for s in doc2["sequences"].values())
     assert doc2["overall"]["auc"] == doc["overall"]["auc"]
@@ -146,13 +167,17 @@ def test_evaluate_run_end_to_end(training_run, sample_root, tmp_path, capsys):
 def test_evaluate_checkpoint_file_is_a_standalone_run(training_run, sample_root, tmp_path):
     path = mlflow.artifacts.download_artifacts(run_id=training_run, artifact_path="checkpoints/epoch_3.ckpt",
                                                dst_path=str(tmp_path / "dl"))
-    assert run_cli("--checkpoint", path, "--classes", "bicycle", sample_root=sample_root,
+    # trained on airplane: bicycle is other data, scored only when asked for
+    assert run_cli("--checkpoint", path, "--classes", "bicycle", "--other-data", sample_root=sample_root,
                    out=tmp_path / "out") == 0
     runs = MlflowClient().search_runs([MlflowClient().get_run(training_run).info.experiment_id],
                                       filter_string="tags.`seqtrack.kind` = 'evaluate'")
     assert len(runs) == 1 and "mlflow.parentRunId" not in runs[0].data.tags
     assert runs[0].data.params["eval.epoch"] == "3"
     assert runs[0].data.params["eval.sequences"] == "bicycle-2,bicycle-7"
+    tags = runs[0].data.tags
+    assert (tags["seqtrack.cross_data"], tags["seqtrack.trained_on"], tags["seqtrack.evaluated_on"]) == (
+        "true", "sample:airplane", "sample:bicycle")
 
 
 BAD_INPUT = [  # one run for all cases: each fresh tracking store costs seconds
@@ -162,17 +187,26 @@ BAD_INPUT = [  # one run for all cases: each fresh tracking store costs seconds
     (["--checkpoint", "/nonexistent/epoch_1.ckpt"], "does not exist"),
     (["--checkpoint", "{bad}"], "bad.ckpt"),
     (["--run-id", "{run}", "--checkpoint", "x.ckpt"], "either --run-id or --checkpoint"),
+    (["--run-id", "{run}", "--classes", "bicycle"], "trained on sample:airplane; --classes asks for "
+     "sample:bicycle: add --other-data (MLflow: -P other_data=true)"),
+    (["--run-id", "{run}", "--data", "lasot"], "--data asks for lasot:airplane: add --other-data"),
+    (["--checkpoint", "{ckpt}", "--classes", "airplane,bicycle"], "add --other-data"),
 ]
 
 
 def test_bad_input_is_one_line_and_exit_2(training_run, sample_root, tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
+    ckpt = mlflow.artifacts.download_artifacts(run_id=training_run, artifact_path="checkpoints/epoch_1.ckpt",
+                                               dst_path=str(tmp_path / "dl"))
+    capsys.readouterr()  # the download's progress bar
     for argv, message in BAD_INPUT:
-        argv = [a.replace("{run}", training_run).replace("{bad}", str(bad)) for a in argv]
+        argv = [a.replace("{run}", training_run).replace("{bad}", str(bad)).replace("{ckpt}", ckpt) for a in argv]
         assert run_cli(*argv, sample_root=sample_root, out=tmp_path / "out") == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and message in err and "\n" not in err, (argv, err)
+        # MLflow's own download progress bars aside (the checkpoint, the run's config.yaml)
+        lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err)
+                 if line.strip() and not line.startswith("Downloading artifacts")]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (argv, lines)
     assert not (tmp_path / "out").exists()  # nothing tracked
 
 
@@ -214,8 +248,7 @@ def test_val_tracking_logs_the_auc_evaluate_finds_and_picks_best_by_it(tmp_path,
     for key in ("epoch/val_precision", "epoch/val_norm_precision"):
         assert len(client.get_metric_history(run_id, key)) == 2
     best = max(auc, key=lambda e: (auc[e], -e))
-    assert run_cli("--run-id", run_id, "--classes", "airplane", sample_root=sample_root,
-                   out=tmp_path / "ev") == 0
+    assert run_cli("--run-id", run_id, sample_root=sample_root, out=tmp_path / "ev") == 0
     (ev,) = client.search_runs(["0"], filter_string="tags.`seqtrack.kind` = 'evaluate'")
     assert ev.data.params["eval.epoch"] == str(best)
     assert ev.data.params["eval.epoch_choice"] == f"best epoch/val_auc={auc[best]:.4f}"

@@ -7,7 +7,7 @@ Layers, bottom up (docs: README's code map):
   2 model/ and data/
   3 track/ (tracker, metrics, scoring, plots)
   4 train/ (loop, checkpoints, resume, validation, recorder, ...)
-  5 run-level steps: training.py, track/evaluate.py, publish/
+  5 run-level steps: training.py, track/evaluate.py + eval_data.py, publish/
   6 the command line: cli.py, __main__.py
 """
 
@@ -27,7 +27,7 @@ LAYERS = {
     "model": 2, "data": 2,
     "track": 3,
     "train": 4,
-    "training": 5, "track.evaluate": 5, "publish": 5,
+    "training": 5, "track.evaluate": 5, "track.eval_data": 5, "publish": 5,
     "cli": 6, "__main__": 6, "__init__": 6,
 }
 

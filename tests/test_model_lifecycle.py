@@ -118,7 +118,7 @@ def test_epoch_models_alias_pyfunc_system_metrics_and_evaluation(tmp_path, monke
 
     # evaluate a registered model: AUC on the training run at the evaluated step, and on the model
     out = tmp_path / "eval"
-    assert cli.main(["evaluate", "--run-id", "models:/seqtrack-lasot@champion", "--classes", "airplane",
+    assert cli.main(["evaluate", "--run-id", "models:/seqtrack-lasot@champion",
                      "--data-dir", str(ensure_sample_data()), "--output-dir", str(out), "--device", "cpu"]) == 0
     [auc] = client.get_metric_history(run_id, "eval/auc")
     assert auc.step == best and 0 <= auc.value <= 1

@@ -25,7 +25,8 @@ EXPECTED = {
     "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", DEFAULT_HUB_REPO),
                "private": ("string", "false"), "revision": NOT_GIVEN, "dry_run": ("string", "false")},
     "evaluate": {"run_id": NOT_GIVEN, "checkpoint": NOT_GIVEN, "epoch": ("string", "best"),
-                 "data": NOT_GIVEN, "classes": NOT_GIVEN, "data_dir": NOT_GIVEN, "device": NOT_GIVEN},
+                 "data": NOT_GIVEN, "classes": NOT_GIVEN, "data_dir": NOT_GIVEN,
+                 "other_data": ("string", "false"), "device": NOT_GIVEN},
     "download": {"run_id": NOT_GIVEN, "artifact_path": NOT_GIVEN, "dest": ("string", "downloads")},
 }
 
@@ -120,6 +121,7 @@ def test_b256_preset_through_the_mlproject_command_is_not_masked_by_defaults(tmp
 def test_each_command_lists_only_its_own_flags_with_defaults():
     evaluate = _run_cli("evaluate", "--help").stdout
     assert "--run-id" in evaluate and "--epoch " in evaluate and "(default: best)" in evaluate
+    assert "--other-data" in evaluate and "(default: the evaluated model's training data)" in " ".join(evaluate.split())
     for foreign in ("--epochs", "--batch-size", "--resume", "--seed"):
         assert foreign not in evaluate
     summary = _run_cli("summary", "--help").stdout

@@ -49,13 +49,14 @@ DEVICE_FLAGS = {
     "--output-dir": ("train.output_dir", "local folder for run outputs"),
 }
 PRESET_NOTE = "(default: the preset's value)"
+RUN_NOTE = "(default: the evaluated model's training data)"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every default; flags that keep the preset's value say so instead of 'None'."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None and action.help and PRESET_NOTE in action.help:
+        if action.default is None and action.help and (PRESET_NOTE in action.help or RUN_NOTE in action.help):
             return action.help
         return super()._get_help_string(action)
 
@@ -73,15 +74,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, *groups: dict[str, tuple[
                         help="override any config key, e.g. --set model.depth=6 (repeatable)")
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Preset <- flags <- --set overrides; "not given" is resolved in load_config."""
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Config flags and --set overrides as dotted keys (None or "" = not given)."""
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if "." in k or k == "seed"}
     for item in args.extra:
         key, sep, value = item.partition("=")
         if not sep:
             raise SeqTrackError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.depth=6")
         overrides[key.strip()] = value
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Preset <- flags <- --set overrides; "not given" is resolved in load_config."""
+    return load_config(args.config, overrides_from_args(args))
 
 
 def default_run_name(cfg: Config, config_arg: str) -> str:
@@ -138,21 +144,33 @@ def _debug_samples(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from seqtrack_mlflow.track.evaluate import evaluate
 
-    cfg = config_from_args(args)
+    overrides = overrides_from_args(args)
+    # The data is the evaluated model's training data; only the data keys given here change it
+    # (in evaluate). They are checked here already, before any work: the classes against LaSOT's
+    # (the sample's are among them) unless --data names the source; the folder in evaluate.
+    data = {k: v for k, v in overrides.items() if k.startswith("data.")}
+    early = {k: v for k, v in data.items() if k != "data.root"}
+    if not str(early.get("data.source") or "").strip():
+        early["data.source"] = "lasot"
+    cfg = load_config(args.config, {**{k: v for k, v in overrides.items() if k not in data}, **early})
     if args.epoch.strip().lower() == "all":
         if args.checkpoint.strip():
             raise SeqTrackError("--epoch all scores the checkpoints of a run: give --run-id, not --checkpoint")
         from seqtrack_mlflow.track.evaluate import evaluate_all
 
-        reports = evaluate_all(cfg, run_id=args.run_id.strip(), experiment_name=args.experiment_name)
+        reports = evaluate_all(cfg, run_id=args.run_id.strip(), experiment_name=args.experiment_name,
+                               data_overrides=data, other_data=args.other_data)
         for report in reports:
+            if report is reports[0]:
+                print(f"data: {report['data']}")
             o = report["overall"]
             print(f"epoch {report['epoch']:>4}: AUC {100 * o['auc']:5.1f}  P {100 * o['precision']:5.1f}  "
                   f"Pnorm {100 * o['norm_precision']:5.1f}  {o['fps']:7.1f} fps  (MLflow run {report['mlflow_run_id']})")
         return 0
     report = evaluate(cfg, run_id=args.run_id.strip(), checkpoint=args.checkpoint.strip(), epoch=args.epoch,
-                      experiment_name=args.experiment_name)
+                      experiment_name=args.experiment_name, data_overrides=data, other_data=args.other_data)
     o = report["overall"]
+    print(f"data: {report['data']}")
     for name, s in report["sequences"].items():
         cached = "  (results read back)" if s["skipped"] else ""
         print(f"{name:>16}: AUC {100 * s['auc']:5.1f}  P {100 * s['precision']:5.1f}  "
@@ -247,11 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png", help="PNG path")
 
     p = command("evaluate", "track the test sequences and compute LaSOT metrics", _evaluate)
-    _add_config_flags(p, DATA_FLAGS, DEVICE_FLAGS)
+    _add_config_flags(p, DEVICE_FLAGS)
+    for flag, (key, text) in DATA_FLAGS.items():
+        p.add_argument(flag, dest=key, default=None, metavar="V", help=f"{text} {RUN_NOTE}")
     p.add_argument("--run-id", default="", help="training run to evaluate, or models:/<name>@<alias>, "
                    "models:/<name>/<version>, models:/<model_id> ('' = the latest run)")
     p.add_argument("--checkpoint", default="", help="checkpoint file (instead of a run), or a models:/ URI")
     p.add_argument("--epoch", default="best", help="epoch of the run: N, last, best or all")
+    p.add_argument("--other-data", nargs="?", const="true", default="false", type=_bool_arg, metavar="BOOL",
+                   help="allow another data source or class set than the model was trained on (a cross-data "
+                   "evaluation: tagged, never recorded as the run's result)")
     experiment_flag(p, "experiment searched for the latest training run")
 
     p = command("download", "download a run's artifacts to a folder", _download)

@@ -53,13 +53,19 @@ DEVICE_TAG = "seqtrack.device"
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
 DATA_SOURCE_TAG = "seqtrack.data_source"  # where the run's frames came from, in words
 DATA_REVISION_TAG = "seqtrack.data_revision"  # l-lt/LaSOT commit, or 'local'
-DATA_ROOT_TAG = "seqtrack.data_root"
+DATA_ROOT_TAG = "seqtrack.data_root"  # the absolute folder a run read its data from
 DATA_ORIGIN_TAG = "seqtrack.data_origin"
 DATA_FINGERPRINT_TAG = "seqtrack.data_fingerprint"  # digest of the whole frame index
 # On evaluation runs: what was evaluated.
 EVALUATED_RUN_TAG = "seqtrack.evaluated_run"
 CHECKPOINT_SHA256_TAG = "seqtrack.checkpoint_sha256"
 MODEL_ID_TAG = "seqtrack.model_id"
+# On evaluation runs: the data the model was trained on and the data it was scored on, each as
+# "<source>:<class>,<class>"; CROSS_DATA_TAG "true" when they differ (`evaluate --other-data`):
+# such a result is never logged as the training run's eval/* nor put into its model card.
+TRAINED_ON_TAG = "seqtrack.trained_on"
+EVALUATED_ON_TAG = "seqtrack.evaluated_on"
+CROSS_DATA_TAG = "seqtrack.cross_data"
 RESUMED_FROM_TAG = "seqtrack.resumed_from"  # a resumed run: the run (or file) and epoch it continues
 RESUMED_FROM_EPOCH_TAG = "seqtrack.resumed_from_epoch"
 RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over

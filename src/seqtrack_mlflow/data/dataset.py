@@ -97,6 +97,14 @@ def open_dataset(data: DataConfig, endpoint: str | None = None):
     return dataset
 
 
+def test_split(dataset) -> list:
+    """The held-out sequences of an opened dataset, in class then number order: what the trainer
+    validates and tracks after each epoch and what `evaluate` scores. Which sequences these are
+    is decided by the split rules of data/lasot.py, so the same data config (a run's logged
+    one, which `evaluate` reads back) always gives the same list."""
+    return list(dataset.test)
+
+
 @dataclass(frozen=True)
 class DatasetInput:
     """One MLflow dataset input of a run: rows of the frame index and how to log them."""

@@ -121,29 +121,46 @@ def metric_points(run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted((m.step, m.value) for m in client().get_metric_history(run_id, key))
 
 
+def _same_data(trained: dict[str, str], evaluated: dict[str, str]) -> bool:
+    """False when an evaluation's data.source or data.classes param differs from the training
+    run's (a key either run lacks is not compared; classes compare as sets)."""
+    for key in ("data.source", "data.classes"):
+        a, b = trained.get(key), evaluated.get(key)
+        if a is None or b is None:
+            continue
+        if key == "data.classes":
+            a, b = ({c.strip() for c in str(v).split(",") if c.strip()} for v in (a, b))
+        if a != b:
+            return False
+    return True
+
+
 def latest_evaluation(run_id: str) -> dict[str, Any] | None:
-    """The newest FINISHED evaluation of a training run (an `EvaluationRun` whose parent it is,
-    searched in the training run's experiment), or None: {run_id, epoch, data_source, classes,
-    sequences, metrics: {auc, precision, norm_precision} as fractions}."""
-    experiment_of_run = find_run(run_id).info.experiment_id
+    """The newest FINISHED evaluation of a training run on the data it was trained on (an
+    `EvaluationRun` whose parent it is, searched in the training run's experiment), or None:
+    {run_id, epoch, data_source, classes, sequences, metrics: {auc, precision, norm_precision}
+    as fractions}. Evaluations on other data (CROSS_DATA_TAG, or a data.source / data.classes
+    param other than the training run's) are not the run's result and are skipped."""
+    train = find_run(run_id)
     with tracking_errors(f"searching the evaluations of run {run_id}"):
         runs = client().search_runs(
-            [experiment_of_run], max_results=1, order_by=["attributes.start_time DESC"],
+            [train.info.experiment_id], max_results=200, order_by=["attributes.start_time DESC"],
             filter_string=(f"tags.mlflow.parentRunId = '{run_id}' and tags.`{names.KIND_TAG}` = 'evaluate' "
                            "and attributes.status = 'FINISHED'"))
-    if not runs:
-        return None
-    run = runs[0]
-    metrics = {k: float(run.data.metrics[f"{names.EVAL_PREFIX}{k}"]) for k in ("auc", "precision", "norm_precision")
-               if f"{names.EVAL_PREFIX}{k}" in run.data.metrics}
-    if not metrics:
-        return None
-    epoch = run.data.tags.get(names.EPOCH_TAG) or run.data.params.get("eval.epoch")
-    sequences = run.data.params.get("eval.sequences", "")
-    return {"run_id": run.info.run_id, "epoch": int(epoch) if str(epoch or "").isdigit() else None,
-            "data_source": run.data.params.get("data.source", ""),
-            "classes": run.data.params.get("data.classes", ""),
-            "sequences": len([s for s in sequences.split(",") if s]) or None, "metrics": metrics}
+    for run in runs:
+        if run.data.tags.get(names.CROSS_DATA_TAG) == "true" or not _same_data(train.data.params, run.data.params):
+            continue
+        metrics = {k: float(run.data.metrics[f"{names.EVAL_PREFIX}{k}"])
+                   for k in ("auc", "precision", "norm_precision") if f"{names.EVAL_PREFIX}{k}" in run.data.metrics}
+        if not metrics:
+            continue
+        epoch = run.data.tags.get(names.EPOCH_TAG) or run.data.params.get("eval.epoch")
+        sequences = run.data.params.get("eval.sequences", "")
+        return {"run_id": run.info.run_id, "epoch": int(epoch) if str(epoch or "").isdigit() else None,
+                "data_source": run.data.params.get("data.source", ""),
+                "classes": run.data.params.get("data.classes", ""),
+                "sequences": len([s for s in sequences.split(",") if s]) or None, "metrics": metrics}
+    return None
 
 
 def set_run_tags(run_id: str, tags: dict[str, str]) -> None:

@@ -9,8 +9,14 @@ Which checkpoint:
 - `--checkpoint PATH`: a checkpoint file (its `epoch` is reported).
 - neither: the newest FINISHED training run (with checkpoints) of the active experiment.
 The checkpoint is verified against its run's manifest. The model is rebuilt from the
-checkpoint's own `config` (model section and the crop factors it was trained with); the data flags (`--data`, `--classes`, `--data-dir`) choose the test
-sequences, as for training; `--device` chooses where to run.
+checkpoint's own `config` (model section and the crop factors it was trained with); `--device`
+chooses where to run.
+
+Which data: the test split of the data the model was trained on, read from its run's logged
+config (or the checkpoint's stored config), see eval_data.py; `--data`, `--classes` and
+`--data-dir` change it. Another source or class set than the trained one needs `--other-data`
+and is then a cross-data evaluation: tagged as such (names.CROSS_DATA_TAG, TRAINED_ON_TAG,
+EVALUATED_ON_TAG), never logged as the training run's eval/* nor picked for its model card.
 
 Where results go:
 - local: `<train.output_dir>/evaluation/<key>/` with `results/{seq}.txt` + `{seq}_time.txt`
@@ -23,7 +29,8 @@ Where results go:
   standalone for a checkpoint file; the project's own run under `mlflow run -e evaluate`) with
   metrics `eval/auc`, `eval/precision` (P@20 px), `eval/norm_precision` (Pnorm@0.2),
   `eval/mean_iou`, `eval/fps` and the same per sequence as `eval/<seq>/<name>`, all at
-  step = the evaluated epoch, and that folder as artifacts under `evaluation/`.
+  step = the evaluated epoch, and that folder as artifacts under `evaluation/`. The overall
+  metrics also go on the training run and the epoch's LoggedModel, unless cross-data.
 
 Metric conventions (see metrics.py): pytracking's LaSOT protocol, invisible frames count as
 failures; overall = mean of the per-sequence curves. FPS = frames / tracking seconds (frame
@@ -37,6 +44,7 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,7 @@ from seqtrack_mlflow.geometry import OFFICIAL_GEOMETRY
 from seqtrack_mlflow.model.load import model_from_checkpoint
 from seqtrack_mlflow.names import checkpoint_name
 from seqtrack_mlflow.track import metrics as M
+from seqtrack_mlflow.track.eval_data import evaluation_data, trained_data
 from seqtrack_mlflow.track.plots import save_plots, write_tracking_gif
 from seqtrack_mlflow.track.scoring import score_sequences, tracker_config
 from seqtrack_mlflow.track.tracker import (
@@ -130,8 +139,12 @@ def choose_checkpoint(run_id: str, checkpoint: str, epoch_spec: str, dest: Path,
 
 
 def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "best",
-             experiment_name: str = "") -> dict[str, Any]:
-    """Evaluate one checkpoint on the test sequences; returns the metrics.json content."""
+             experiment_name: str = "", data_overrides: Mapping[str, Any] | None = None,
+             other_data: bool = False) -> dict[str, Any]:
+    """Evaluate one checkpoint on the test split of the data it was trained on, with the data.*
+    keys of `data_overrides` (the flags given) changed; `cfg` gives the tracker, device and
+    output folder (its data section is not used). Returns the metrics.json content plus
+    mlflow_run_id, epoch and data (a line naming the data)."""
     device = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory(prefix="seqtrack-eval-") as tmp:
         choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp), experiment_name)
@@ -142,6 +155,9 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         model = model.to(device)
         digest = sha256_file(choice.path)
     ckpt_epoch = int(state["epoch"])
+    scored = evaluation_data(trained_data(choice.run_id, trained, str(choice.path)), data_overrides, other_data)
+    cfg = dataclasses.replace(cfg, data=scored.data)
+    log.info("evaluation data: %s", scored.describe())
     tcfg = tracker_config(trained, cfg.track)
     key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
     key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
@@ -154,15 +170,15 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
-    from seqtrack_mlflow.data.dataset import dataset_inputs, open_dataset
+    from seqtrack_mlflow.data.dataset import dataset_inputs, open_dataset, test_split
 
     dataset = open_dataset(cfg.data)
-    sequences = dataset.test
+    sequences = test_split(dataset)
     if not sequences:
         raise DataError(f"no test sequences for classes {', '.join(cfg.data.classes)}")
 
     tags = {names.EVALUATED_RUN_TAG: choice.run_id, names.EPOCH_TAG: ckpt_epoch,
-            names.CHECKPOINT_SHA256_TAG: digest, names.MODEL_ID_TAG: choice.model_id}
+            names.CHECKPOINT_SHA256_TAG: digest, names.MODEL_ID_TAG: choice.model_id, **scored.tags()}
     run_name = f"eval-epoch{ckpt_epoch}" if choice.run_id else f"eval-{choice.path.stem}"
     with experiment.EvaluationRun(run_name, parent_run_id=choice.run_id, tags=tags) as run:
         # Namespaced: `mlflow run -e evaluate` has logged the -P values (checkpoint, epoch, ...)
@@ -171,6 +187,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
                                             if choice.run_id else str(choice.path)),
                         "eval.epoch": ckpt_epoch, "eval.epoch_choice": choice.reason,
                         "data.source": cfg.data.source, "data.classes": ",".join(cfg.data.classes),
+                        "data.root": dataset.origin.root if dataset.origin else cfg.data.root,
                         "eval.sequences": ",".join(s.name for s in sequences), "resolved_device": str(device),
                         **{f"tracker.{k}": v for k, v in dataclasses.asdict(tcfg).items()}})
         inputs, data_tags = dataset_inputs(dataset, cfg.data, ("evaluation",))
@@ -191,10 +208,13 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         run.log_metrics(metrics, step=step)
         run.log_table(sequence_table(report), f"{names.EVALUATION}/sequences.json")
         run.log_artifacts(out, names.EVALUATION)
-        if choice.run_id:  # where people look: the training run's charts (AUC against epoch), the model page
+        # Where people look: the training run's charts (AUC against epoch), the model page; only
+        # a result on the data the run was trained on is the run's own.
+        if choice.run_id and not scored.cross:
             experiment.log_to_training_run(choice.run_id, overall, step, choice.model_id)
         report["mlflow_run_id"] = run.run_id
         report["epoch"] = ckpt_epoch
+        report["data"] = scored.describe()
     return report
 
 
@@ -226,7 +246,8 @@ def sequence_table(report: dict[str, Any]) -> dict[str, list]:
             "visible_frames": [rows[n]["visible_frames"] for n in rows]}
 
 
-def evaluate_all(cfg: Config, run_id: str = "", experiment_name: str = "") -> list[dict[str, Any]]:
+def evaluate_all(cfg: Config, run_id: str = "", experiment_name: str = "",
+                 data_overrides: Mapping[str, Any] | None = None, other_data: bool = False) -> list[dict[str, Any]]:
     """`--epoch all`: every checkpointed epoch of a training run in turn (an AUC-vs-epoch curve on
     the training run); one report per epoch."""
     if experiment.is_model_uri(run_id):
@@ -235,7 +256,8 @@ def evaluate_all(cfg: Config, run_id: str = "", experiment_name: str = "") -> li
         experiment.training_run(run_id, experiment_name)
     else:
         run_id = experiment.latest_training_run(experiment_name)
-    return [evaluate(cfg, run_id=run_id, epoch=str(e), experiment_name=experiment_name)
+    return [evaluate(cfg, run_id=run_id, epoch=str(e), experiment_name=experiment_name,
+                     data_overrides=data_overrides, other_data=other_data)
             for e in experiment.checkpoint_epochs(run_id)]
 
 

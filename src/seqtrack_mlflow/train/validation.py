@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.data.dataset import test_split
 from seqtrack_mlflow.data.sampler import ValidationSamples
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import tokens_to_boxes
@@ -63,10 +64,11 @@ def track_held_out(model: torch.nn.Module, dataset, cfg: Config, device: torch.d
     `evaluate` does; {} when data.val_tracking leaves it off or there are none."""
     d = cfg.data
     tracks = d.val_tracking == "always" or (d.val_tracking == "auto" and d.source == "sample")
-    if not (tracks and dataset.test):
+    sequences = test_split(dataset)  # the sequences `evaluate` of this run scores
+    if not (tracks and sequences):
         return {}
     t0 = time.perf_counter()
-    scores = tracking_scores(model, tracker_config(cfg, cfg.track), dataset.test, device)
-    log.info("tracked the %d held-out sequences: AUC %.4f (%.1f s)", len(dataset.test), scores["auc"],
+    scores = tracking_scores(model, tracker_config(cfg, cfg.track), sequences, device)
+    log.info("tracked the %d held-out sequences: AUC %.4f (%.1f s)", len(sequences), scores["auc"],
              time.perf_counter() - t0)
     return scores
