@@ -90,10 +90,29 @@ def tracking_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+        denied = access_denied(exc, action)
+        if denied is not None:
+            raise denied from None
         text = _PASSWORD_IN_URL.sub(r"\1***@", " ".join(str(exc).split())) or type(exc).__name__
         text = text if len(text) <= 300 else text[:300] + " ..."
         raise TrackingError(f"MLflow tracking at {tracking_uri()} failed while {action}: "
                             f"{text}") from exc
+
+
+def access_denied(exc: Exception, action: str) -> TrackingError | None:
+    """A tracking server's HTTP 401 (no or wrong credentials) or 403 (no permission) as one
+    line that says what to set; None for any other error."""
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    if status == 401:
+        return TrackingError(f"MLflow tracking at {tracking_uri()} refused the request while {action}: HTTP 401 "
+                             "(not authenticated): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                             "to your account on that server")
+    if status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return TrackingError(f"MLflow tracking at {tracking_uri()} refused the request while {action}: HTTP 403 "
+                             f"(permission denied for user {user!r}): ask the server's admin for EDIT "
+                             "permission on the experiment")
+    return None
 
 
 def prepare_store() -> None:
@@ -160,7 +179,9 @@ def experiment_id(name: str = "") -> str:
         if exp_id:
             try:
                 return client().get_experiment(exp_id).experiment_id
-            except MlflowException:
+            except MlflowException as exc:
+                if access_denied(exc, "") is not None:
+                    raise  # tracking_errors says it
                 raise TrackingError(f"experiment id {exp_id!r} (MLFLOW_EXPERIMENT_ID) not found in "
                                     f"{tracking_uri()}") from None
         exp = client().get_experiment_by_name("Default")
@@ -485,7 +506,10 @@ def find_run(run_id: str):
     """The MLflow run with this id, or TrackingError with a clear message."""
     try:
         return client().get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        denied = access_denied(exc, f"reading run {run_id}")
+        if denied is not None:
+            raise denied from None
         raise TrackingError(f"no MLflow run with id {run_id!r} in tracking store "
                             f"{tracking_uri()}") from None
 
@@ -514,6 +538,8 @@ def resolve_model_uri(uri: str) -> tuple[str, int, str]:
                 version = None
                 model = client().get_logged_model(rest)
         except MlflowException as exc:
+            if access_denied(exc, "") is not None:
+                raise  # tracking_errors says it
             what = ("registered model, alias or version" if "@" in rest or "/" in rest else "logged model")
             raise TrackingError(f"{uri}: no such {what} in {tracking_uri()} "
                                 f"({exc.error_code})") from None
