@@ -66,7 +66,7 @@ def train(folder: Path, config: Path, exp: str, team, *extra: str, seed: int = 8
     """`python -m seqtrack_mlflow train` as USER into experiment `exp` (outputs in folder/out)."""
     WRITTEN.append(folder)
     argv = ["train", "--config", str(config), "--output-dir", str(folder / "out"), "--seed", str(seed),
-            "--set", f"mlflow.registered_model={registered or exp}", *extra]
+            "--set", f"mlflow.registered_model={registered or exp}", "--no-system-metrics", *extra]
     return Child(folder, argv, hook=hook, **{**team.env(), "MLFLOW_EXPERIMENT_NAME": exp, **python_env(), **env})
 
 
@@ -240,7 +240,7 @@ def test_restarted_mid_run_the_run_ends_clearly_and_resumes(team, reference, tmp
 
 
 # -- first use of an empty PostgreSQL database, by two trainings at once ----------------------------
-def test_two_first_trainings_on_an_empty_postgresql_database(team, reference, tmp_path):
+def test_two_first_trainings_on_an_empty_postgresql_database(team, reference, tmp_path, monkeypatch):
     """No server: both processes talk to PostgreSQL directly and find no MLflow schema. Without
     a lock one of them fails in MLflow's schema creation (seen here: a duplicate-key error);
     experiment.prepare_store's advisory lock makes the first create it and the other wait."""
@@ -255,6 +255,7 @@ def test_two_first_trainings_on_an_empty_postgresql_database(team, reference, tm
     wait_all(children)
     for child in children:
         assert "Traceback" not in child.stderr
+    monkeypatch.setenv("PGPASSFILE", team.pg.env()["PGPASSFILE"])
     direct = MlflowClient(uri)
     runs = direct.search_runs(["0"])
     assert len(runs) == 2
@@ -349,12 +350,13 @@ def test_without_valid_credentials_every_command_stops_with_one_line(team, tmp_p
         assert "Traceback" not in err, (name, err)
         assert not (tmp_path / name / "out").exists(), f"{name} did work before it was refused"
         assert team.password not in err
-    monkeypatch.undo()
+    for key, value in team.env().items():
+        monkeypatch.setenv(key, value)
     assert {r.info.run_id for r in runs_in(exp)} == before
 
 
 # -- credentials never written (last: searches what every test above wrote) -------------------------
-def test_credentials_appear_nowhere_the_runs_wrote(team, tmp_path):
+def test_credentials_appear_nowhere_the_runs_wrote(team, reference, tmp_path):
     secret = team.password.encode()
     header = base64.b64encode(f"{USER}:{team.password}".encode())
     c = client()
