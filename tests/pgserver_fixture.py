@@ -66,7 +66,7 @@ class Team:
             return
         os.killpg(self.server.pid, sig)
         try:
-            self.server.wait(15)
+            self.server.wait(5)  # uvicorn waits for open keep-alive connections: not worth more
         except subprocess.TimeoutExpired:
             os.killpg(self.server.pid, signal.SIGKILL)
             self.server.wait(15)

@@ -25,7 +25,8 @@ from seqtrack_mlflow import selection
 
 from .fakehub import ACCEPTED_TOKEN, fake_hub  # noqa: F401 - fixture
 from .pgserver_fixture import USER, python_env, team, team_server  # noqa: F401 - fixture
-from .test_reliability_e2e import Child, assert_same_checkpoint
+from .conftest import REPO
+from .test_reliability_e2e import Child, assert_same_checkpoint, child_env
 from .tiny import write_tiny_config
 
 pytestmark = pytest.mark.slow
@@ -197,6 +198,18 @@ def test_killed_mid_epoch_then_resumed_by_run_id_is_bit_exact(team, reference, t
         name = f"epoch_{epoch}.ckpt"
         assert_same_checkpoint(ref_ckpts / name, tmp_path / "resumed" / "out" / resumed / "checkpoints" / name)
 
+    # `mlflow run -e download` through the server: the resumed run's checkpoints, as logged.
+    dest = tmp_path / "downloaded"
+    WRITTEN.append(dest)
+    result = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-e", "download",
+                             "-P", f"run_id={resumed}", "-P", "artifact_path=checkpoints", "-P", f"dest={dest}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                            env={**child_env(**team.env(), **python_env()), "MLFLOW_EXPERIMENT_NAME": exp})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == ["epoch_1.ckpt", "epoch_2.ckpt", "manifest.json"]
+    assert (dest / "checkpoints" / "epoch_2.ckpt").read_bytes() == (
+        tmp_path / "resumed" / "out" / resumed / "checkpoints" / "epoch_2.ckpt").read_bytes()
+
 
 # -- the server, or PostgreSQL under it, restarted mid-run ------------------------------------------
 @pytest.mark.parametrize("what", ["mlflow-server", "postgresql"])
@@ -313,8 +326,6 @@ class NodeChild(Child):
     """A torchrun agent (not the CLI): same files and waiting as Child."""
 
     def __init__(self, folder: Path, argv: list[str], **env: str):
-        from .test_reliability_e2e import child_env
-
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.marker = folder / "unused"
