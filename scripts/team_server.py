@@ -248,6 +248,9 @@ def mlflow_server_command(pg: Postgres, artifacts: Path, host: str, port: int, a
 
 def mlflow_server_env(pg: Postgres, folder: Path, auth: bool, default_permission: str = "READ") -> dict[str, str]:
     env = {**os.environ, **pg.env(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # MLflow's job runner (huey consumers for GenAI jobs: prompt optimization, scorers) is a few
+    # more processes this project never uses; set MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true to keep it.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if auth:
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(write_auth_config(folder, pg.uri("mlflow_auth"), default_permission))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret_key(folder)
