@@ -14,16 +14,26 @@ from mlflow.exceptions import MlflowException
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.errors import TrackingError
-from seqtrack_mlflow.experiment.store import client, experiment_id, prepare_store, tracking_errors
+from seqtrack_mlflow.experiment.store import (
+    access_denied,
+    client,
+    experiment_id,
+    prepare_store,
+    tracking_errors,
+    tracking_uri,
+)
 
 
 def find_run(run_id: str):
     """The MLflow run with this id, or TrackingError with a clear message."""
     try:
         return client().get_run(run_id)
-    except MlflowException:
+    except MlflowException as exc:
+        denied = access_denied(exc, f"reading run {run_id}")
+        if denied is not None:
+            raise denied from None
         raise TrackingError(f"no MLflow run with id {run_id!r} in tracking store "
-                            f"{mlflow.get_tracking_uri()}") from None
+                            f"{tracking_uri()}") from None
 
 
 MODELS_SCHEME = "models:/"
@@ -50,8 +60,10 @@ def resolve_model_uri(uri: str) -> tuple[str, int, str]:
                 version = None
                 model = client().get_logged_model(rest)
         except MlflowException as exc:
+            if access_denied(exc, "") is not None:
+                raise  # tracking_errors says it
             what = ("registered model, alias or version" if "@" in rest or "/" in rest else "logged model")
-            raise TrackingError(f"{uri}: no such {what} in {mlflow.get_tracking_uri()} "
+            raise TrackingError(f"{uri}: no such {what} in {tracking_uri()} "
                                 f"({exc.error_code})") from None
         if version is not None:
             model_id = getattr(version, "model_id", None) or str(version.source or "").removeprefix(MODELS_SCHEME)

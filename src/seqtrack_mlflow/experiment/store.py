@@ -4,9 +4,9 @@ creation lock, and the experiment runs go to."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -46,7 +46,22 @@ def client() -> MlflowClient:
 
 
 def tracking_uri() -> str:
-    return mlflow.get_tracking_uri()
+    """The tracking URI as messages and logs show it: a password in it (`postgresql://user:pw@`,
+    `https://user:pw@`) is replaced by `***`."""
+    return redact_uri(mlflow.get_tracking_uri())
+
+
+_PASSWORD_IN_URL = re.compile(r"(//[^/:@\s]+:)[^/@\s]+@")
+
+
+def redact_uri(uri: str) -> str:
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:***@{host}"))
+
+
 
 
 @contextlib.contextmanager
@@ -56,29 +71,79 @@ def tracking_errors(action: str) -> Iterator[None]:
     try:
         yield
     except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        denied = access_denied(exc, action)
+        if denied is not None:
+            raise denied from None
+        text = _PASSWORD_IN_URL.sub(r"\1***@", " ".join(str(exc).split())) or type(exc).__name__
         text = text if len(text) <= 300 else text[:300] + " ..."
-        raise TrackingError(f"MLflow tracking at {mlflow.get_tracking_uri()} failed while {action}: "
+        raise TrackingError(f"MLflow tracking at {tracking_uri()} failed while {action}: "
                             f"{text}") from exc
 
 
-def prepare_store() -> None:
-    """Create (and migrate) a local sqlite store under a file lock beside it.
+def access_denied(exc: Exception, action: str) -> TrackingError | None:
+    """A tracking server's HTTP 401 (no or wrong credentials) or 403 (no permission) as one
+    line that says what to set; None for any other error."""
+    status = exc.get_http_status_code() if isinstance(exc, MlflowException) else None
+    if status == 401:
+        return TrackingError(f"MLflow tracking at {tracking_uri()} refused the request while {action}: HTTP 401 "
+                             "(not authenticated): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                             "to your account on that server")
+    if status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return TrackingError(f"MLflow tracking at {tracking_uri()} refused the request while {action}: HTTP 403 "
+                             f"(permission denied for user {user!r}): ask the server's admin for EDIT "
+                             "permission on the experiment")
+    return None
 
-    Two processes opening a brand-new sqlite store race in MLflow's schema creation (alembic
-    CommandError); the lock makes the first create it and the second find it done."""
+
+def prepare_store() -> None:
+    """Create (and migrate) a new tracking database once, whichever process comes first.
+
+    Two processes opening a brand-new database race in MLflow's schema creation (sqlite: an
+    alembic CommandError; PostgreSQL: a duplicate-key error on the first CREATE TABLE). A lock
+    makes the first create it and the others find it done: for sqlite a file lock beside the
+    file; for PostgreSQL, whose clients may be on several machines, an advisory lock held by
+    the database itself. Other stores (a tracking server, which made its schema at start) need none."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
-    with tracking_errors("preparing the sqlite store"):
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
+    if uri.startswith("sqlite:///"):
+        import filelock
+
+        db = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
+        with tracking_errors("preparing the sqlite store"):
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with filelock.FileLock(str(db.with_name(db.name + ".lock"))):
                 client().search_experiments(max_results=1)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    elif uri.startswith("postgresql"):
+        with tracking_errors("preparing the PostgreSQL store"), _postgres_lock(uri):
+            client().search_experiments(max_results=1)
+
+
+# Any fixed 64-bit number: the advisory lock that serializes MLflow's schema creation.
+_SCHEMA_LOCK_KEY = 0x5E9_7AC_0001
+
+
+@contextlib.contextmanager
+def _postgres_lock(uri: str) -> Iterator[None]:
+    """pg_advisory_lock on a connection of its own, held while the body runs."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        try:
+            conn = engine.connect()
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+            raise TrackingError(f"MLflow tracking at {tracking_uri()} failed while preparing the PostgreSQL "
+                                f"store: {reason}") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            conn.close()
+    finally:
+        engine.dispose()
 
 
 def experiment_id(name: str = "") -> str:
@@ -89,14 +154,16 @@ def experiment_id(name: str = "") -> str:
         if name:
             exp = client().get_experiment_by_name(name)
             if exp is None:
-                raise TrackingError(f"experiment {name!r} not found in {mlflow.get_tracking_uri()}")
+                raise TrackingError(f"experiment {name!r} not found in {tracking_uri()}")
             return exp.experiment_id
         exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "")
         if exp_id:
             try:
                 return client().get_experiment(exp_id).experiment_id
-            except MlflowException:
+            except MlflowException as exc:
+                if access_denied(exc, "") is not None:
+                    raise  # tracking_errors says it
                 raise TrackingError(f"experiment id {exp_id!r} (MLFLOW_EXPERIMENT_ID) not found in "
-                                    f"{mlflow.get_tracking_uri()}") from None
+                                    f"{tracking_uri()}") from None
         exp = client().get_experiment_by_name("Default")
         return exp.experiment_id if exp is not None else "0"
