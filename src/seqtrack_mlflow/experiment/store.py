@@ -1,5 +1,6 @@
 """The MLflow tracking store: one client per URI, one-line store errors, the sqlite store's
-creation lock, and the experiment runs go to."""
+creation lock, bounded retries while a sqlite store is locked, the HTTP timeouts of a tracking
+server, and the experiment runs go to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -53,13 +55,64 @@ def tracking_uri() -> str:
 def tracking_errors(action: str) -> Iterator[None]:
     """A tracking store that cannot be reached (server down, network) or refuses a write: one
     TrackingError line naming the store and what was being done, instead of a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError  # a damaged mlflow.db raises these unwrapped
+
     try:
         yield
-    except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+    except (MlflowException, OSError, SQLAlchemyError) as exc:  # requests' ConnectionError is an OSError
         text = " ".join(str(exc).split()) or type(exc).__name__
         text = text if len(text) <= 300 else text[:300] + " ..."
         raise TrackingError(f"MLflow tracking at {mlflow.get_tracking_uri()} failed while {action}: "
                             f"{text}") from exc
+
+
+# Seconds a write to a locked sqlite store is retried (another process holds its write lock:
+# MLflow's own busy timeout gives up after 20 s) before one error line; SEQTRACK_STORE_RETRY_SECONDS
+# overrides it.
+STORE_RETRY_SECONDS = 300.0
+_RETRY_MAX_SLEEP = 30.0
+
+
+def _locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry_locked(action: str, fn):
+    """`fn()` under `tracking_errors(action)`, retried with backoff while the sqlite store reports
+    "database is locked", for at most STORE_RETRY_SECONDS; then one TrackingError line."""
+    limit = float(os.environ.get("SEQTRACK_STORE_RETRY_SECONDS", STORE_RETRY_SECONDS))
+    deadline, delay, warned = time.monotonic() + limit, 1.0, False
+    while True:
+        try:
+            with tracking_errors(action):
+                return fn()
+        except TrackingError as exc:
+            if not _locked(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TrackingError(f"MLflow tracking at {mlflow.get_tracking_uri()} stayed locked by another "
+                                    f"process for {limit:.0f} s while {action}; stop that process (or use a "
+                                    "tracking server) and resume this run") from None
+            if not warned:
+                log.warning("the tracking store is locked by another process while %s: retrying for up to "
+                            "%.0f s", action, limit)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SLEEP)
+
+
+# An unreachable tracking server is reported within about a minute: MLflow's defaults (120 s a
+# request, 7 retries with backoff) take minutes per call. Set unless the user set them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+def set_http_defaults() -> None:
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+set_http_defaults()  # every process that talks to a tracking store does so through this module
 
 
 def prepare_store() -> None:
@@ -81,13 +134,19 @@ def prepare_store() -> None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def experiment_id(name: str = "") -> str:
-    """The experiment runs go to and lookups search: `name` if given (it must exist), else
-    MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else Default."""
+def experiment_id(name: str = "", create: bool = False) -> str:
+    """The experiment runs go to and lookups search: `name` if given (it must exist, or is
+    created when `create`), else MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else Default."""
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
     with tracking_errors("looking up the experiment"):
         if name:
             exp = client().get_experiment_by_name(name)
+            if exp is None and create:
+                try:
+                    log.info("creating MLflow experiment %r", name)
+                    return client().create_experiment(name)
+                except MlflowException:  # another process created it meanwhile
+                    exp = client().get_experiment_by_name(name)
             if exp is None:
                 raise TrackingError(f"experiment {name!r} not found in {mlflow.get_tracking_uri()}")
             return exp.experiment_id

@@ -35,6 +35,7 @@ A sequence whose result files are complete is not tracked again (pytracking's be
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from seqtrack_mlflow.config_rules import MAX_CROP_FACTOR, MAX_CROP_SIZE, MAX_TEMPLATES
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from seqtrack_mlflow.errors import ConfigError, DataError
@@ -92,15 +94,22 @@ class TrackerConfig:
     """Predicted boxes stay on the image and at least this many pixels wide/high (official 10)."""
 
     def __post_init__(self) -> None:
+        # Settings may come from outside (a served model's model config): types first.
+        for f in dataclasses.fields(self):
+            value, want = getattr(self, f.name), {"float": (int, float), "int": (int,), "bool": (bool,),
+                                                  "str": (str,)}.get(str(f.type), (object,))
+            if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+                raise ConfigError(f"track.{f.name}: {str(value)[:80]!r} is not allowed; use a {f.type}")
         checks = [
-            (self.template_factor > 0, "template_factor", "use > 0"),
-            (self.search_factor > 0, "search_factor", "use > 0"),
-            (self.template_size >= 1, "template_size", "use >= 1"),
-            (self.search_size >= 1, "search_size", "use >= 1"),
-            (self.num_templates >= 1, "num_templates", "use >= 1"),
+            (0 < self.template_factor <= MAX_CROP_FACTOR, "template_factor", f"use > 0 and <= {MAX_CROP_FACTOR}"),
+            (0 < self.search_factor <= MAX_CROP_FACTOR, "search_factor", f"use > 0 and <= {MAX_CROP_FACTOR}"),
+            (1 <= self.template_size <= MAX_CROP_SIZE, "template_size", f"use >= 1 and <= {MAX_CROP_SIZE}"),
+            (1 <= self.search_size <= MAX_CROP_SIZE, "search_size", f"use >= 1 and <= {MAX_CROP_SIZE}"),
+            (1 <= self.num_templates <= MAX_TEMPLATES, "num_templates", f"use >= 1 and <= {MAX_TEMPLATES}"),
             (self.geometry in GEOMETRIES, "geometry", f"use one of {', '.join(GEOMETRIES)}"),
             (self.update_interval >= 1, "update_interval", "use >= 1"),
-            (self.clip_margin >= 1, "clip_margin", "use >= 1 (px), else a box can collapse to a point"),
+            (math.isfinite(self.update_threshold), "update_threshold", "use a finite number"),
+            (math.isfinite(self.clip_margin) and self.clip_margin >= 1, "clip_margin", "use >= 1 (px), else a box can collapse to a point"),
         ]
         for ok, key, allowed in checks:
             if not ok:
