@@ -43,7 +43,11 @@ def client() -> MlflowClient:
     """The one MlflowClient of the current tracking URI (tests switch URIs between runs)."""
     uri = mlflow.get_tracking_uri()
     if uri not in _CLIENTS:
-        _CLIENTS[uri] = MlflowClient(uri)
+        with tracking_errors("opening the tracking store"):  # a damaged mlflow.db fails here
+            made = MlflowClient(uri)
+            if uri.startswith("sqlite:"):  # the store is opened lazily: open it inside the guard
+                made.search_experiments(max_results=1)
+        _CLIENTS[uri] = made
     return _CLIENTS[uri]
 
 

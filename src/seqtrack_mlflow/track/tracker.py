@@ -55,6 +55,7 @@ from seqtrack_mlflow.errors import ConfigError, DataError
 from seqtrack_mlflow.geometry import (
     GEOMETRIES,
     OFFICIAL_GEOMETRY,
+    check_box_on_frame,
     clip_box,
     crop_image,
     crop_official,
@@ -173,6 +174,9 @@ class SeqTrackTracker:
         box = np.asarray(box_xywh, dtype=np.float64)
         if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
             raise DataError(f"initial box {box.tolist()} must be finite with w > 0 and h > 0")
+        if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] != 3:
+            raise DataError(f"a frame must be (H, W, 3) with H, W >= 1, got shape {tuple(image.shape)}")
+        check_box_on_frame(box, image.shape[0], image.shape[1], "initial box")
         _, template = self._crop(image, box, self.cfg.template_factor, self.cfg.template_size)
         self.templates = [template] * self.cfg.num_templates
         self.state = box
@@ -193,6 +197,8 @@ class SeqTrackTracker:
         """Predict the target box (xywh, image pixels) in the next frame."""
         if self.state is None:
             raise DataError("tracker.track() called before initialize()")
+        if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] != 3:
+            raise DataError(f"a frame must be (H, W, 3) with H, W >= 1, got shape {tuple(image.shape)}")
         H, W = image.shape[:2]
         self.frame_id += 1
         window, search = self._crop(image, self.state, self.cfg.search_factor, self.cfg.search_size)
@@ -282,6 +288,9 @@ def load_results(results_dir: str | Path, name: str, num_frames: int) -> Sequenc
     if boxes.shape != (num_frames, 4) or times.shape != (num_frames,):
         log.warning("results of %s have %d lines for %d frames; tracking it again",
                     name, boxes.shape[0], num_frames)
+        return None
+    if not (np.isfinite(boxes).all() and np.isfinite(times).all()):
+        log.warning("results of %s hold a NaN or infinite value; tracking it again", name)
         return None
     return SequenceResult(name, boxes, times, skipped=True)
 

@@ -32,7 +32,7 @@ from seqtrack_mlflow.data.dataset import open_dataset
 from seqtrack_mlflow.data.index import fingerprint
 from seqtrack_mlflow.data.sampler import TrainSamples
 from seqtrack_mlflow.data.summary import dataset_summary
-from seqtrack_mlflow.errors import SeqTrackError
+from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
 from seqtrack_mlflow.train import distributed
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(SeqTrackError):
     """The loss became NaN or inf; training stops, the last good checkpoint is kept."""
+
+
+class WorkerLost(SeqTrackError):
+    """A DataLoader worker process died (killed by a signal, out of memory)."""
 
 
 class EpochListener:
@@ -297,6 +301,11 @@ def _unwrapped(loader):
     traceback is the original "module.Type: message", which is all a user needs."""
     try:
         yield from loader
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise WorkerLost(f"{first_line(exc)}; the epoch cannot go on (train.workers=0 loads in the main "
+                         "process); the last complete checkpoint is kept") from None
     except SeqTrackError as exc:
         text = str(exc)
         if not text.startswith("Caught ") or "Traceback" not in text:
