@@ -24,7 +24,7 @@ from seqtrack_mlflow.experiment import retry_locked
 from seqtrack_mlflow.train.checkpoint import Manifest, load_checkpoint
 from seqtrack_mlflow.train.distributed import DistInfo, PeerLost, peer_lost
 
-from .conftest import reset_active_experiment
+from .conftest import new_store, reset_active_experiment
 from .tiny import write_tiny_config
 
 
@@ -154,12 +154,12 @@ def test_resume_by_run_id_takes_the_newer_local_checkpoint(tmp_path, in_process,
 
 
 @pytest.mark.slow
-def test_resume_in_a_new_store_starts_a_new_run_tagged_with_the_old_id(tmp_path, in_process, monkeypatch):
+def test_resume_in_a_new_store_starts_a_new_run_tagged_with_the_old_id(tmp_path, in_process, monkeypatch,
+                                                                       tmp_path_factory, empty_tracking_db):
     run_id = _train(tmp_path, train={"epochs": 1})
     # The store is replaced by an empty one; by path and by run id (its local folder) both work.
     for how in ("path", "run_id"):
-        db = tmp_path / f"new-{how}" / "mlflow.db"
-        db.parent.mkdir()
+        db = new_store(tmp_path_factory, empty_tracking_db, f"new-{how}") / "mlflow.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
         reset_active_experiment(monkeypatch)
         spec = str(tmp_path / "outputs" / run_id / "checkpoints" / "epoch_1.ckpt") if how == "path" else run_id
@@ -199,15 +199,16 @@ def test_held_out_tracking_runs_after_the_checkpoint_is_saved(tmp_path, in_proce
     def broken(*args, **kwargs):
         raise DataError("initial box [0, 0, 1e+05, 1e+05] does not fit a 320x240 frame")
 
-    monkeypatch.setattr("seqtrack_mlflow.train.loop.track_held_out", broken)
+    from seqtrack_mlflow.train import loop
+
+    real = loop.track_held_out
+    monkeypatch.setattr(loop, "track_held_out", broken)
     run_id = _train(tmp_path, expect=2, train={"epochs": 2}, data={"val_tracking": "always"})
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED" and "does not fit" in run.data.tags[names.ERROR_TAG]
     folder = tmp_path / "outputs" / run_id / "checkpoints"
     Manifest.read(folder).verify(folder / "epoch_1.ckpt")
-    monkeypatch.undo()
-    monkeypatch.setenv("PYTHONHASHSEED", "8")
-    monkeypatch.setenv("SEQTRACK_HASHSEED_SET", "1")
+    monkeypatch.setattr(loop, "track_held_out", real)
     resumed = _train(tmp_path, "--resume", run_id, train={"epochs": 2}, data={"val_tracking": "always"})
     assert MlflowClient().get_run(resumed).data.tags[names.RESUMED_FROM_EPOCH_TAG] == "1"
 
@@ -224,7 +225,12 @@ def test_tracking_scores_are_in_the_checkpoint_history(tmp_path, in_process):
 
 
 @pytest.mark.slow
-def test_experiment_name_creates_a_missing_experiment(tmp_path, in_process):
+def test_experiment_name_creates_a_missing_experiment(tmp_path, in_process, monkeypatch, tmp_path_factory,
+                                                      empty_tracking_db):
+    # A sqlite store puts a new experiment's artifacts in ./mlruns of the folder it was opened in.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new_store(tmp_path_factory, empty_tracking_db, 'x')}/mlflow.db")
+    reset_active_experiment(monkeypatch)
     run_id = _train(tmp_path, "--experiment-name", "brand-new", train={"epochs": 1})
     exp = MlflowClient().get_experiment_by_name("brand-new")
     assert exp is not None and MlflowClient().get_run(run_id).info.experiment_id == exp.experiment_id

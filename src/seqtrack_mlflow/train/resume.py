@@ -279,7 +279,7 @@ def adopt(resume: ResumeState, run: "experiment.TrainingRun", manifest, ckpt_dir
     log_path.write_text(resume.progress_log())
     for k, metrics in enumerate(resume.state["metrics"], start=1):
         run.log_metrics({f"{names.EPOCH_PREFIX}{key}": v for key, v in metrics.items()}, step=k)
-    blocks: dict[str, list[tuple[int, float]]] = {}
+    blocks: dict[str, list[tuple[int, float]]] = {names.TRAIN_LOSS: [], names.TRAIN_IOU: []}
     if resume.source_run_id and not resume.in_store:
         log.info("run %s is not in tracking store %s: its per-block metrics are not copied; the new run "
                  "is tagged %s=%s", resume.source_run_id, experiment.tracking_uri(), names.RESUMED_FROM_TAG,
