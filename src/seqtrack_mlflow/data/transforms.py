@@ -82,8 +82,9 @@ def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, f
 
     geometry 'official': the official `sample_target` pixels and `transform_image_to_crop` box
     (centre at (size - 1) / 2 + offset from the unrounded crop centre, times resize factor).
-    DataError when the box does not fit the frame (geometry.check_box_on_frame)."""
-    check_box_on_frame(centre_box, image.shape[0], image.shape[1], "crop centre box")
+    DataError when the annotated box does not fit the frame (geometry.check_box_on_frame; the
+    jittered centre box is bounded through it)."""
+    check_box_on_frame(gt_box, image.shape[0], image.shape[1], "annotated box")
     window = target_window(centre_box, factor, size)
     if geometry == OFFICIAL_GEOMETRY:
         c = np.asarray(centre_box, dtype=np.float64)
