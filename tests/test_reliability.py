@@ -264,7 +264,7 @@ class _Exploit:
         return (os.system, ("echo pwned > /tmp/seqtrack_reliability_pwned",))
 
 
-def test_fetch_hub_refuses_tampered_checkpoints(fake_hub, tmp_path, monkeypatch, capsys):
+def test_fetch_hub_refuses_tampered_checkpoints(fake_hub, tmp_path, monkeypatch, capsys):  # noqa: F811
     from tests.fakehub import ACCEPTED_TOKEN
     monkeypatch.setenv("SEQTRACK_HF_ENDPOINT", fake_hub.url)
     monkeypatch.setenv("HF_TOKEN", ACCEPTED_TOKEN)

@@ -209,7 +209,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path, tiny, ref
 
 
 # -- SIGINT / SIGTERM ---------------------------------------------------------------------------
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_finishes_the_step_marks_killed_and_says_how_to_resume(tmp_path, tiny, reference, signum):
     out = tmp_path / "out"
     before = run_ids()

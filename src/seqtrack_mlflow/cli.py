@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default="", help="MLflow run name ('' = <preset>-seed<S>-e<E>-<precision>)")
     experiment_flag(p, "MLflow experiment of the run (created if missing)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--allow-data-change", dest="train.allow_data_change", action="store_const", const="true",
+                   default=None, help="let --resume continue on data with another fingerprint (recorded on the run)")
     p.add_argument("--no-system-metrics", dest="mlflow.system_metrics", action="store_const", const="false",
                    default=None, help="do not log CPU/memory/GPU use as system/* metrics (mlflow.system_metrics)")
 

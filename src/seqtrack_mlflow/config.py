@@ -169,6 +169,10 @@ class TrainConfig:
     """Local folder for checkpoints/, training_log.txt and report.md (one sub-folder per run)."""
     resume: str
     """Checkpoint path or MLflow run id to continue from ('' = start fresh)."""
+    allow_data_change: bool
+    """Let a resume continue on data whose fingerprint (annotations, split) differs from the
+    checkpoint's; the new run records both fingerprints (tag seqtrack.resume_data_changed).
+    false: such a resume stops with one line."""
     init: str
     """Warm start: model weights only (fresh optimizer and schedule, epoch 1) from a checkpoint
     or weights file, an MLflow run id (`<id>[:<epoch>]`, `runs:/<id>`), a `models:/` URI or a

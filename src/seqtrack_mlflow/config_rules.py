@@ -26,6 +26,36 @@ LOG_MODELS = ("all", "best", "last")
 # for years); each error message names the bound.
 MAX_EPOCHS = 100_000
 MAX_SEED = 2**32 - 1  # PYTHONHASHSEED and numpy seeds are 32-bit
+# Upper bounds on every size that allocates memory, checked before anything is built: a config
+# read from outside (a logged model's config.json, a Hub folder, a checkpoint, --init, a YAML
+# file) could otherwise ask for a network or a crop of any size. Each is several times the
+# largest official SeqTrack (L384: ViT-L, 384 px crops, 4000 bins).
+MAX_PATCH_SIZE = 64
+MAX_CROP_SIZE = 1024          # template and search crop side, pixels
+MAX_TEMPLATES = 8
+MAX_EMBED_DIM = 2048          # ViT-L: 1024
+MAX_DEPTH = 64                # ViT-L: 24
+MAX_HEADS = 64
+MAX_MLP_RATIO = 16.0
+MAX_BINS = 16384              # official 4000
+MAX_DECODER_DIM = 2048
+MAX_DECODER_LAYERS = 32
+MAX_DECODER_FFN = 16384
+MAX_CROP_FACTOR = 16.0        # crop side / target side (official 4.0 / 5.0)
+MAX_SAMPLES_PER_EPOCH = 100_000_000
+MAX_BATCH_SIZE = 4096
+MAX_WORKERS = 256
+MAX_NPROC = 1024
+MAX_VAL_SAMPLES = 1_000_000
+MAX_GAP = 1_000_000
+MAX_JITTER = 16.0
+MAX_LOG_EVERY = 10**9
+MAX_UPDATE_INTERVAL = 10**9
+
+
+def check_upper(key: str, value: Any, bound: Any) -> None:
+    """ConfigError when `value` exceeds `bound` (the message names both)."""
+    _need(value <= bound, key, value, f"use <= {bound} (bound on sizes that allocate memory)")
 
 
 def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -58,6 +88,22 @@ def validate(cfg: Any) -> None:
         # An explicit LaSOT folder must exist unless the download is going to create it.
         _need(Path(d.root).expanduser().parent.exists(), "data.root", d.root,
               "its parent folder must exist")
+    for key, bound in (("samples_per_epoch", MAX_SAMPLES_PER_EPOCH), ("max_gap", MAX_GAP),
+                       ("template_factor", MAX_CROP_FACTOR), ("search_factor", MAX_CROP_FACTOR),
+                       ("center_jitter", MAX_JITTER), ("scale_jitter", MAX_JITTER),
+                       ("val_samples", MAX_VAL_SAMPLES)):
+        check_upper(f"data.{key}", getattr(d, key), bound)
+    for key, bound in (("patch_size", MAX_PATCH_SIZE), ("template_size", MAX_CROP_SIZE),
+                       ("search_size", MAX_CROP_SIZE), ("num_templates", MAX_TEMPLATES),
+                       ("embed_dim", MAX_EMBED_DIM), ("depth", MAX_DEPTH), ("num_heads", MAX_HEADS),
+                       ("mlp_ratio", MAX_MLP_RATIO), ("bins", MAX_BINS), ("decoder_dim", MAX_DECODER_DIM),
+                       ("decoder_layers", MAX_DECODER_LAYERS), ("decoder_heads", MAX_HEADS),
+                       ("decoder_ffn", MAX_DECODER_FFN)):
+        check_upper(f"model.{key}", getattr(cfg.model, key), bound)
+    for key, bound in (("batch_size", MAX_BATCH_SIZE), ("workers", MAX_WORKERS), ("nproc", MAX_NPROC),
+                       ("log_every", MAX_LOG_EVERY)):
+        check_upper(f"train.{key}", getattr(cfg.train, key), bound)
+    check_upper("track.update_interval", cfg.track.update_interval, MAX_UPDATE_INTERVAL)
     _need(d.max_class_bytes >= 1, "data.max_class_bytes", d.max_class_bytes, "use >= 1 (bytes)")
     _need(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "use >= 1")
     _need(d.max_gap >= 1, "data.max_gap", d.max_gap, "use >= 1")

@@ -34,6 +34,28 @@ EXACT_CORNER_GEOMETRY = "exact-corner"
 """One PIL resample (`crop_image`) and box mapping through the rounded crop corner."""
 GEOMETRIES = (OFFICIAL_GEOMETRY, EXACT_CORNER_GEOMETRY)
 
+# A box a crop is centred on may be at most this many times the frame's width and height, and
+# lie at most that many frame widths/heights off the frame: a crop's side is sqrt(w*h) * factor
+# and the official crop pads to it, so a box of 1e5 px on a 1280x720 frame would ask for
+# ~100 GiB. LaSOT's boxes lie on their frames.
+MAX_BOX_FRAME_FACTOR = 2.0
+
+
+def check_box_on_frame(box_xywh, height: int, width: int, what: str = "box") -> None:
+    """DataError (one line) unless the box is finite, positive and within MAX_BOX_FRAME_FACTOR
+    of a height x width frame."""
+    from seqtrack_mlflow.errors import DataError
+
+    x, y, w, h = (float(v) for v in np.asarray(box_xywh, dtype=np.float64).reshape(4))
+    k = MAX_BOX_FRAME_FACTOR
+    ok = (all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0 and height >= 1 and width >= 1
+          and w <= k * width and h <= k * height and x >= -k * width and y >= -k * height
+          and x + w <= (1 + k) * width and y + h <= (1 + k) * height and math.isfinite(math.sqrt(w * h)))
+    if not ok:
+        raise DataError(f"{what} [{x:.6g}, {y:.6g}, {w:.6g}, {h:.6g}] does not fit a {width}x{height} frame: "
+                        f"it must be finite with w, h > 0, at most {k:g}x the frame's size and within "
+                        f"{k:g} frame sizes of it")
+
 
 def xywh_to_xyxy(box: np.ndarray) -> np.ndarray:
     box = np.asarray(box, dtype=np.float64)

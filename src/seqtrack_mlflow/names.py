@@ -69,6 +69,8 @@ CROSS_DATA_TAG = "seqtrack.cross_data"
 RESUMED_FROM_TAG = "seqtrack.resumed_from"  # a resumed run: the run (or file) and epoch it continues
 RESUMED_FROM_EPOCH_TAG = "seqtrack.resumed_from_epoch"
 RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over
+RESUME_DATA_CHANGED_TAG = "seqtrack.resume_data_changed"  # '<checkpoint fingerprint> -> <data fingerprint>'
+DATA_FINGERPRINT_KEY = "data_fingerprint"  # checkpoint key: data.index.fingerprint of the data trained on
 MODEL_RUN_TAG = "seqtrack.run_id"  # on registered model versions: the training run
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
 # A warm start (--init): where its weights came from. INIT_SOURCE_TAG is also set on a resume

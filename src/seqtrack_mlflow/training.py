@@ -14,16 +14,17 @@ import torch
 
 from seqtrack_mlflow import experiment, names
 from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.data.dataset import open_dataset
+from seqtrack_mlflow.data.index import fingerprint
 from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.publish.publisher import Publisher
 from seqtrack_mlflow.publish.uploader import EpochUploader
 from seqtrack_mlflow.train import distributed
-from seqtrack_mlflow.train.checkpoint import list_checkpoints
 from seqtrack_mlflow.train.determinism import seed_everything
 from seqtrack_mlflow.train.device import check_precision, resolve_device, resolve_precision
 from seqtrack_mlflow.train.loop import Trainer
-from seqtrack_mlflow.train.resume import load_resume_state
-from seqtrack_mlflow.train.signals import StopFlag, StopRequested
+from seqtrack_mlflow.train.resume import check_resume_data, load_resume_state, newest_verified_checkpoint
+from seqtrack_mlflow.train.signals import StopFlag, StopRequested, signals_deferred
 from seqtrack_mlflow.train.warm_start import check_init_config, load_init
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     check_init_config(cfg)  # --init with --resume: refused before anything is read
     # The resume state is checked before the run is created: a bad --resume makes no run.
     resume = load_resume_state(cfg) if cfg.train.resume else None
+    dataset, data_changed = None, ""
+    if resume is not None:  # the data it continues on, checked against the checkpoint's
+        try:
+            dataset = open_dataset(cfg.data)
+            data_changed = check_resume_data(resume, fingerprint(dataset), cfg)
+        except BaseException:
+            resume.remove_download()
+            raise
     init = load_init(cfg) if cfg.train.init.strip() else None  # likewise a bad --init
     if cfg.model.pretrained:  # a bad weights file, too, stops before a run exists
         check_pretrained(cfg)
@@ -70,6 +79,8 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     ckpt_dir = Path(cfg.train.output_dir) / run.run_id / names.CHECKPOINTS
     publisher = None
     try:
+        if data_changed:
+            run.set_tags({names.RESUME_DATA_CHANGED_TAG: data_changed})
         if info.is_main:
             uploader = None
             if cfg.hub.push_every_epoch:  # before any epoch: no token fails here
@@ -78,35 +89,47 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
             publisher = Publisher(cfg, run.run_id, uploader)
         with StopFlag() as stop:
             try:
-                trainer = Trainer(cfg, device, run, stop, info, resume, init, listener=publisher)
+                trainer = Trainer(cfg, device, run, stop, info, resume, init, listener=publisher, dataset=dataset)
+                dataset = None
                 init = None  # its tensors are in the model now: do not hold a second copy
             finally:
                 if resume is not None:
                     resume.remove_download()  # its checkpoints are in this run's folder by now
             trainer.fit()
     except StopRequested as exc:
-        done = list_checkpoints(ckpt_dir) if info.is_main else []
-        how = (f"epoch {exc.epoch} will restart from the last complete checkpoint ({done[-1]}): resume with "
+        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
+        how = (f"epoch {exc.epoch} will restart from the last complete checkpoint ({done[1]}): resume with "
                f"--resume {run.run_id}" if done
                else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
         log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
                   "KILLED; %s", signal.Signals(exc.signum).name, exc.epoch, exc.samples, run.run_id, how)
-        run.end("KILLED", error=f"stopped by {signal.Signals(exc.signum).name}")
+        with signals_deferred():
+            run.end("KILLED", error=f"stopped by {signal.Signals(exc.signum).name}")
         raise
     except KeyboardInterrupt:
-        log.error("interrupted: run %s marked KILLED; resume with --resume %s", run.run_id, run.run_id)
-        run.end("KILLED", error="interrupted (KeyboardInterrupt)")
+        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
+        log.error("interrupted: run %s marked KILLED; %s", run.run_id,
+                  f"resume with --resume {run.run_id} (epoch {done[0]} is complete)" if done
+                  else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
+        with signals_deferred():
+            run.end("KILLED", error="interrupted (KeyboardInterrupt)")
         raise
     except BaseException as exc:
-        log.error("training failed: %s: %s", type(exc).__name__, exc)
-        done = list_checkpoints(ckpt_dir) if info.is_main else []
+        lost = distributed.peer_lost(exc, info)
+        if lost is not None:
+            exc = lost
+        text = first_line(exc) if isinstance(exc, SeqTrackError) else str(exc)
+        log.error("training failed: %s: %s", type(exc).__name__, text)
+        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
         if done:
             log.error("complete checkpoints are kept in %s; continue with --resume %s", ckpt_dir, run.run_id)
         elif ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
             ckpt_dir.rmdir()  # a failed start leaves no empty folder behind
         # Our errors are one line by design; the tag holds that line, not a traceback.
-        text = first_line(exc) if isinstance(exc, SeqTrackError) else str(exc)
-        run.end("FAILED", error=f"{type(exc).__name__}: {text}")
+        with signals_deferred():
+            run.end("FAILED", error=f"{type(exc).__name__}: {text}")
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         distributed.shutdown(info)

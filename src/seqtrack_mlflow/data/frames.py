@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,43 @@ except ImportError:  # pragma: no cover - depends on the environment
 # decompression bomb, not a video frame (LaSOT's largest are 1920x1080 = 2.1 M pixels). Checked
 # from the header, before any pixel is decoded.
 MAX_FRAME_PIXELS = 89_478_485
+
+
+# Most bytes a frame file may have, checked from its size before anything is read: LaSOT's
+# frames are under 1 MB; 64 MiB is a generous bound for any JPEG within MAX_FRAME_PIXELS.
+MAX_FRAME_BYTES = 64 << 20
+
+
+def read_frame_bytes(path: str | Path, limit: int = MAX_FRAME_BYTES) -> bytes:
+    """The bytes of a frame file: a regular file (a FIFO, device, socket or folder is refused
+    before any read: opening with O_NONBLOCK never waits for a FIFO's writer) of at most `limit`
+    bytes. DataError names the file and the reason."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read frame ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: not a regular file; a frame must be a JPEG file")
+        if info.st_size > limit:
+            raise DataError(f"{path}: {info.st_size} bytes is larger than the limit of {limit} bytes "
+                            "(MAX_FRAME_BYTES) for a frame")
+        chunks, left = [], limit + 1  # a file that grows while being read stops at the bound too
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise DataError(f"{path}: larger than the limit of {limit} bytes (MAX_FRAME_BYTES) for a frame")
+        return data
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read frame ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
 
 
 def _check_pixels(width: int, height: int, source: str | Path) -> None:
@@ -117,11 +156,7 @@ def decode_jpeg_scaled(data: bytes, min_fraction: float, source: str | Path = "<
 
 def read_frame_scaled(path: str | Path, min_fraction: float) -> tuple[np.ndarray, float]:
     """`read_frame`, decoded at the smallest DCT scale >= min_fraction (see the module doc)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read frame ({exc.strerror})") from None
-    return decode_jpeg_scaled(data, min_fraction, path)
+    return decode_jpeg_scaled(read_frame_bytes(path), min_fraction, path)
 
 
 def needed_fraction(windows) -> float:
@@ -145,8 +180,4 @@ def crop_scaled(pixels: np.ndarray, scale: float, window) -> np.ndarray:
 
 def read_frame(path: str | Path) -> np.ndarray:
     """Decode one frame file to (H, W, 3) uint8 RGB; DataError names the file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read frame ({exc.strerror})") from None
-    return decode_jpeg_bytes(data, path)
+    return decode_jpeg_bytes(read_frame_bytes(path), path)

@@ -85,25 +85,72 @@ def _index_parent() -> Path:
     return parent
 
 
-def frame_index(dataset: LasotDataset):
-    """The frame index of `dataset` as a memory-mapped `datasets.Dataset` (built once, cached)."""
-    from datasets import Dataset, load_from_disk
+DIGEST_FILE = "seqtrack_digest.txt"  # index_digest of the table, written inside the folder before it is renamed into place
 
+
+def frame_index(dataset: LasotDataset):
+    """The frame index of `dataset` as a memory-mapped `datasets.Dataset` (built once, cached).
+
+    A cached index is used only if it reads back and its rows hash to the digest written with
+    it; anything else (truncated, zeroed, a missing or foreign file) is set aside with one
+    warning and rebuilt. The folder appears by one rename, complete or not at all."""
     key = fingerprint(dataset)
     parent = _index_parent()
     folder = parent / key
-    if not folder.is_dir():
-        table = Dataset.from_dict(_columns(dataset), features=_features())
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=parent))
-        try:
-            table.save_to_disk(str(tmp))
-            os.rename(tmp, folder)  # atomic; a concurrent builder wrote the same bytes
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not folder.is_dir():
-                raise
-        log.info("frame index: %d frames written to %s", len(table), folder)
-    return load_from_disk(str(folder))
+    if folder.is_dir():
+        table, problem = _read_verified(folder)
+        if table is not None:
+            return table
+        log.warning("frame index %s cannot be used (%s): rebuilding it", folder, problem)
+        _set_aside(folder)
+    return _build(dataset, parent, folder, key)
+
+
+def _read_verified(folder: Path):
+    """(table, '') if `folder` holds a readable index matching its digest, else (None, why)."""
+    from datasets import load_from_disk
+
+    try:
+        recorded = (folder / DIGEST_FILE).read_text(encoding="ascii").strip()
+        table = load_from_disk(str(folder))
+        actual = index_digest(table)
+    except Exception as exc:  # noqa: BLE001 - any failure to read a cache means: rebuild it
+        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if actual != recorded:
+        return None, "its rows do not match the digest written with it"
+    return table, ""
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a broken index out of the way (a rename: atomic against concurrent readers), then remove it."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.broken-", dir=folder.parent))
+    try:
+        os.rename(folder, aside / folder.name)
+    except OSError:  # another process set it aside or rebuilt it first
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _build(dataset: LasotDataset, parent: Path, folder: Path, key: str):
+    from datasets import Dataset, load_from_disk
+
+    table = Dataset.from_dict(_columns(dataset), features=_features())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=parent))
+    try:
+        table.save_to_disk(str(tmp))
+        (tmp / DIGEST_FILE).write_text(index_digest(load_from_disk(str(tmp))) + "\n", encoding="ascii")
+        os.rename(tmp, folder)  # atomic; a concurrent builder wrote the same bytes
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not folder.is_dir():
+            from seqtrack_mlflow.errors import StorageError, describe_os_error
+            raise StorageError(describe_os_error(exc, "write the frame index to", tmp)) from None
+    log.info("frame index: %d frames written to %s", len(table), folder)
+    table, problem = _read_verified(folder)
+    if table is None:
+        from seqtrack_mlflow.errors import StorageError
+        raise StorageError(f"the frame index just written to {folder} does not read back ({problem})")
+    return table
 
 
 DIGEST_CHARS = 32

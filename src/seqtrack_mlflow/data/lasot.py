@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -105,6 +106,8 @@ class Sequence:
 def _lines(path: Path) -> list[str]:
     """Lines of a text file without BOM, CR or trailing blank lines."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read forever
+            raise DataError(f"{path}: not a regular file")
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -165,6 +168,8 @@ def parse_flags(path: Path, count: int) -> np.ndarray:
 def _check_jpeg(path: Path) -> None:
     """Cheap integrity check: SOI at the start, EOI at the end (catches empty/truncated files)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device: refused before any read
+            raise DataError(f"{path}: not a regular file; a frame must be a JPEG file")
         with open(path, "rb") as f:
             head = f.read(3)
             f.seek(0, os.SEEK_END)

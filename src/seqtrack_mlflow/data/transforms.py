@@ -45,6 +45,7 @@ from seqtrack_mlflow.geometry import (
     EXACT_CORNER_GEOMETRY,
     OFFICIAL_GEOMETRY,
     CropWindow,
+    check_box_on_frame,
     crop_image,
     crop_official,
     target_window,
@@ -80,7 +81,10 @@ def crop_around(image: np.ndarray, centre_box: np.ndarray, gt_box: np.ndarray, f
     (uint8), `gt_box` in crop pixels (xywh) and the window.
 
     geometry 'official': the official `sample_target` pixels and `transform_image_to_crop` box
-    (centre at (size - 1) / 2 + offset from the unrounded crop centre, times resize factor)."""
+    (centre at (size - 1) / 2 + offset from the unrounded crop centre, times resize factor).
+    DataError when the annotated box does not fit the frame (geometry.check_box_on_frame; the
+    jittered centre box is bounded through it)."""
+    check_box_on_frame(gt_box, image.shape[0], image.shape[1], "annotated box")
     window = target_window(centre_box, factor, size)
     if geometry == OFFICIAL_GEOMETRY:
         c = np.asarray(centre_box, dtype=np.float64)

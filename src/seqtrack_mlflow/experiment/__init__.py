@@ -37,6 +37,8 @@ from seqtrack_mlflow.experiment.store import (
     client,
     experiment_id,
     prepare_store,
+    retry_locked,
+    set_http_defaults,
     tracking_errors,
     tracking_uri,
 )
@@ -46,5 +48,5 @@ __all__ = [
     "close_resumed_run", "download_artifacts", "epoch_models", "experiment_id", "experiment_of_run",
     "find_run", "is_model_uri", "latest_evaluation", "latest_training_run", "log_dataset",
     "log_to_training_run", "metric_points", "prepare_store", "remove_upload_leftovers",
-    "resolve_model_uri", "set_run_tags", "tool_run", "tracking_errors", "tracking_uri", "training_run",
+    "resolve_model_uri", "retry_locked", "set_http_defaults", "set_run_tags", "tool_run", "tracking_errors", "tracking_uri", "training_run",
 ]

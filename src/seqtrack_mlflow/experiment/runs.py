@@ -23,7 +23,13 @@ from mlflow.exceptions import MlflowException
 from seqtrack_mlflow import names
 from seqtrack_mlflow.errors import TrackingError
 from seqtrack_mlflow.experiment.lookup import find_run
-from seqtrack_mlflow.experiment.store import client, experiment_id, prepare_store, tracking_errors
+from seqtrack_mlflow.experiment.store import (
+    client,
+    experiment_id,
+    prepare_store,
+    retry_locked,
+    tracking_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +62,12 @@ class TrainingRun:
 
     def start(self, tags: dict[str, Any] | None = None) -> "TrainingRun":
         prepare_store()
-        exp_id = experiment_id(self.experiment)
-        with tracking_errors("starting a run"):
-            attach = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the project's run
-            run = mlflow.start_run(run_name=self.run_name, experiment_id=None if attach else exp_id,
-                                   tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}},
-                                   log_system_metrics=self.system_metrics)
+        exp_id = experiment_id(self.experiment, create=True)  # --experiment-name creates a missing one
+        attach = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the project's run
+        run = retry_locked("starting a run", lambda: mlflow.start_run(
+            run_name=self.run_name, experiment_id=None if attach else exp_id,
+            tags={names.KIND_TAG: self.kind, **{k: str(v) for k, v in (tags or {}).items()}},
+            log_system_metrics=self.system_metrics))
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
         return self
@@ -71,14 +77,14 @@ class TrainingRun:
 
         Closing a failed or killed run never hides the error that ended it: if the store cannot
         be reached then, a warning says so (the run may stay RUNNING there)."""
+        action = f"closing run {self.run_id} as {status}"
         try:
-            with tracking_errors(f"closing run {self.run_id} as {status}"):
-                try:
-                    self.flush(wait=True)
-                    if error:
-                        client().set_tag(self.run_id, names.ERROR_TAG, error[:5000])
-                finally:
-                    mlflow.end_run(status=status)
+            try:
+                self.flush(wait=True)
+                if error:
+                    retry_locked(action, lambda: client().set_tag(self.run_id, names.ERROR_TAG, error[:5000]))
+            finally:
+                retry_locked(action, lambda: mlflow.end_run(status=status))
         except TrackingError as exc:
             if status == "FINISHED":
                 raise
@@ -87,20 +93,21 @@ class TrainingRun:
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params; one that the run already has (`mlflow run` logs its -P values, "" for a
         -P left out) is skipped when equal, else logged as resolved_<name>: params are immutable."""
-        with tracking_errors("logging params"):
-            existing = client().get_run(self.run_id).data.params
-            values = {}
-            for key, value in params.items():
-                text = _param_value(value)
-                if key not in existing:
-                    values[key] = text
-                elif existing[key] != text:
-                    values[f"resolved_{key}"] = text
-            mlflow.log_params(values)
+        retry_locked("logging params", lambda: self._log_params(params))
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        existing = client().get_run(self.run_id).data.params
+        values = {}
+        for key, value in params.items():
+            text = _param_value(value)
+            if key not in existing:
+                values[key] = text
+            elif existing[key] != text:
+                values[f"resolved_{key}"] = text
+        mlflow.log_params(values)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        with tracking_errors("setting tags"):
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        retry_locked("setting tags", lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_dataset(self, hf_dataset: Any, source: str, name: str, context: str = "training",
                     digest: str | None = None) -> None:
@@ -121,17 +128,25 @@ class TrainingRun:
     def flush(self, wait: bool = False) -> None:
         while self._buffer:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]  # MLflow batch limit
-            self._pending.append(client().log_batch(self.run_id, metrics=chunk, synchronous=False))
+            self._pending.append((chunk, client().log_batch(self.run_id, metrics=chunk, synchronous=False)))
         self._last_flush = time.monotonic()
         if wait:
             pending, self._pending = self._pending, []
-            with tracking_errors("logging metrics"):
-                for operation in pending:
-                    if operation is not None:
+            for chunk, operation in pending:
+                if operation is None:
+                    continue
+                try:
+                    with tracking_errors("logging metrics"):
                         operation.wait()
+                except TrackingError as exc:
+                    if "locked" not in str(exc).lower():
+                        raise
+                    # sent again, synchronously, while the store stays locked (bounded)
+                    retry_locked("logging metrics", lambda c=chunk: client().log_batch(self.run_id, metrics=c))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        with tracking_errors(f"logging artifact {Path(path).name} (the local copy {path} is kept)"):
+        kept = f"the local copy {path} is kept" if Path(path).exists() else f"{path} no longer exists"
+        with tracking_errors(f"logging artifact {Path(path).name} ({kept})"):
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def store_once(self, path: Path, artifact_path: str) -> None:
@@ -154,11 +169,11 @@ class TrainingRun:
 
     def copy_metrics(self, source_run_id: str, keys: Iterable[str], max_step: int) -> int:
         """Copy metric points with step <= max_step from another run (used on resume)."""
-        with tracking_errors(f"copying metrics of run {source_run_id}"):
-            points = [m for key in keys for m in client().get_metric_history(source_run_id, key)
-                      if m.step <= max_step]
-            for i in range(0, len(points), 1000):
-                client().log_batch(self.run_id, metrics=points[i:i + 1000])
+        action = f"copying metrics of run {source_run_id}"
+        points = retry_locked(action, lambda: [m for key in keys for m in client().get_metric_history(source_run_id, key)
+                                               if m.step <= max_step])
+        for i in range(0, len(points), 1000):
+            retry_locked(action, lambda i=i: client().log_batch(self.run_id, metrics=points[i:i + 1000]))
         return len(points)
 
 

@@ -1,5 +1,6 @@
 """The MLflow tracking store: one client per URI, one-line store errors, the sqlite store's
-creation lock, and the experiment runs go to."""
+creation lock, bounded retries while a sqlite store is locked, the HTTP timeouts of a tracking
+server, and the experiment runs go to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
@@ -41,7 +43,11 @@ def client() -> MlflowClient:
     """The one MlflowClient of the current tracking URI (tests switch URIs between runs)."""
     uri = mlflow.get_tracking_uri()
     if uri not in _CLIENTS:
-        _CLIENTS[uri] = MlflowClient(uri)
+        with tracking_errors("opening the tracking store"):  # a damaged mlflow.db fails here
+            made = MlflowClient(uri)
+            if uri.startswith("sqlite:"):  # the store is opened lazily: open it inside the guard
+                made.search_experiments(max_results=1)
+        _CLIENTS[uri] = made
     return _CLIENTS[uri]
 
 
@@ -68,9 +74,11 @@ def redact_uri(uri: str) -> str:
 def tracking_errors(action: str) -> Iterator[None]:
     """A tracking store that cannot be reached (server down, network) or refuses a write: one
     TrackingError line naming the store and what was being done, instead of a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError  # a damaged mlflow.db raises these unwrapped
+
     try:
         yield
-    except (MlflowException, OSError) as exc:  # requests' ConnectionError is an OSError
+    except (MlflowException, OSError, SQLAlchemyError) as exc:  # requests' ConnectionError is an OSError
         denied = access_denied(exc, action)
         if denied is not None:
             raise denied from None
@@ -94,6 +102,55 @@ def access_denied(exc: Exception, action: str) -> TrackingError | None:
                              f"(permission denied for user {user!r}): ask the server's admin for EDIT "
                              "permission on the experiment")
     return None
+
+
+# Seconds a write to a locked sqlite store is retried (another process holds its write lock:
+# MLflow's own busy timeout gives up after 20 s) before one error line; SEQTRACK_STORE_RETRY_SECONDS
+# overrides it.
+STORE_RETRY_SECONDS = 300.0
+_RETRY_MAX_SLEEP = 30.0
+
+
+def _locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry_locked(action: str, fn):
+    """`fn()` under `tracking_errors(action)`, retried with backoff while the sqlite store reports
+    "database is locked", for at most STORE_RETRY_SECONDS; then one TrackingError line."""
+    limit = float(os.environ.get("SEQTRACK_STORE_RETRY_SECONDS", STORE_RETRY_SECONDS))
+    deadline, delay, warned = time.monotonic() + limit, 1.0, False
+    while True:
+        try:
+            with tracking_errors(action):
+                return fn()
+        except TrackingError as exc:
+            if not _locked(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise TrackingError(f"MLflow tracking at {tracking_uri()} stayed locked by another "
+                                    f"process for {limit:.0f} s while {action}; stop that process (or use a "
+                                    "tracking server) and resume this run") from None
+            if not warned:
+                log.warning("the tracking store is locked by another process while %s: retrying for up to "
+                            "%.0f s", action, limit)
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SLEEP)
+
+
+# An unreachable tracking server is reported within about a minute: MLflow's defaults (120 s a
+# request, 7 retries with backoff) take minutes per call. Set unless the user set them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
+
+
+def set_http_defaults() -> None:
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+set_http_defaults()  # every process that talks to a tracking store does so through this module
 
 
 def prepare_store() -> None:
@@ -146,13 +203,19 @@ def _postgres_lock(uri: str) -> Iterator[None]:
         engine.dispose()
 
 
-def experiment_id(name: str = "") -> str:
-    """The experiment runs go to and lookups search: `name` if given (it must exist), else
-    MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else Default."""
+def experiment_id(name: str = "", create: bool = False) -> str:
+    """The experiment runs go to and lookups search: `name` if given (it must exist, or is
+    created when `create`), else MLFLOW_EXPERIMENT_NAME, else MLFLOW_EXPERIMENT_ID, else Default."""
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
     with tracking_errors("looking up the experiment"):
         if name:
             exp = client().get_experiment_by_name(name)
+            if exp is None and create:
+                try:
+                    log.info("creating MLflow experiment %r", name)
+                    return client().create_experiment(name)
+                except MlflowException:  # another process created it meanwhile
+                    exp = client().get_experiment_by_name(name)
             if exp is None:
                 raise TrackingError(f"experiment {name!r} not found in {tracking_uri()}")
             return exp.experiment_id

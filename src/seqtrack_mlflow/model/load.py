@@ -22,9 +22,9 @@ import torch
 
 from seqtrack_mlflow.config import Config, ModelConfig, load_config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError
-from seqtrack_mlflow.model.seqtrack import SeqTrack
+from seqtrack_mlflow.model.seqtrack import SeqTrack, model_shapes
 from seqtrack_mlflow.model.vit import resize_pos_embed
-from seqtrack_mlflow.model.weights import load_strict
+from seqtrack_mlflow.model.weights import check_shapes, load_strict
 from seqtrack_mlflow.torchfile import read_torch_file, state_dict_of
 
 OFFICIAL_KEYS = Path(__file__).with_name("official_keys.txt")
@@ -131,8 +131,11 @@ def model_from_checkpoint(state: dict[str, Any], source: str) -> tuple[SeqTrack,
     """Rebuild the SeqTrack of a project checkpoint from its stored config and load its
     weights (strict); (model in eval mode on the CPU, the checkpoint's config)."""
     cfg = checkpoint_config(state, source)
+    weights = state_dict_of(state.get("model_state_dict"), source)
+    # Names and shapes against the stored config before the network is allocated.
+    check_shapes(model_shapes(cfg.model), {k: tuple(v.shape) for k, v in weights.items()}, source)
     model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))  # weights from the checkpoint
-    load_strict(model, state_dict_of(state["model_state_dict"], source), source)
+    load_strict(model, weights, source)
     return model.eval(), cfg
 
 

@@ -34,7 +34,13 @@ from seqtrack_mlflow.config import Config, ModelConfig
 from seqtrack_mlflow.errors import CheckpointError, ConfigError
 from seqtrack_mlflow.model.decoder import SeqTrackDecoder
 from seqtrack_mlflow.model.vit import VisionTransformer
-from seqtrack_mlflow.model.weights import load_strict
+from seqtrack_mlflow.model.weights import (
+    check_shapes,
+    check_weights_digest,
+    load_strict,
+    meta_shapes,
+    safetensors_shapes,
+)
 from seqtrack_mlflow.names import WEIGHTS_CONFIG, WEIGHTS_FILE
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
@@ -284,15 +290,20 @@ class SeqTrack(nn.Module):
                                                          token=token, endpoint=endpoint) for n in names)
         source = f"{repo_id_or_path}: {names[1]}"
         try:
+            if config_path.stat().st_size > MAX_CONFIG_JSON_BYTES:
+                raise CheckpointError(f"{repo_id_or_path}: {names[0]} is larger than {MAX_CONFIG_JSON_BYTES} bytes")
             config = json.loads(config_path.read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{repo_id_or_path}: {names[0]} must hold a JSON object")
             known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
             model_cfg = Config.from_dict({"model": {k: v for k, v in config.items() if k in known}},
                                          origin=f"{repo_id_or_path}: {names[0]}").model
+            check_pretrained_files(model_cfg, config, weights_path, source)  # before anything is allocated
             state = load_file(str(weights_path), device="cpu")
         except (ValueError, OSError, SafetensorError) as exc:
             raise CheckpointError(f"{source} cannot be read with {names[0]}: {exc}") from None
         except ConfigError as exc:
-            raise CheckpointError(str(exc)) from None
+            raise CheckpointError(f"{repo_id_or_path}: {names[0]}: {exc}") from None
         model = cls(model_cfg)
         load_strict(model, state, source)
         model.tracker_settings = {"template_size": model_cfg.template_size, "search_size": model_cfg.search_size,
@@ -346,3 +357,21 @@ class SeqTrack(nn.Module):
             {"name": "decoder", "params": rest, "lr": lr, "weight_decay": weight_decay},
             {"name": "encoder", "params": enc, "lr": lr * encoder_lr_mult, "weight_decay": weight_decay},
         ]
+
+
+# A config.json holds a few dozen keys; a larger one is not this project's.
+MAX_CONFIG_JSON_BYTES = 1 << 20
+
+
+def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the state dict of SeqTrack(cfg), without building it in memory."""
+    return meta_shapes(lambda: SeqTrack(dataclasses.replace(cfg, pretrained="")))
+
+
+def check_pretrained_files(cfg: ModelConfig, config: dict[str, Any], weights_path: Path, source: str) -> None:
+    """The checks `from_pretrained` makes before the network is built: the sha256 config.json
+    records for the weights (`seqtrack_mlflow.weights_sha256`), then the safetensors header's
+    names and shapes against the network `cfg` describes (and its parameter bound)."""
+    block = config.get("seqtrack_mlflow")
+    check_weights_digest(weights_path, block.get("weights_sha256") if isinstance(block, dict) else None, source)
+    check_shapes(model_shapes(cfg), safetensors_shapes(weights_path, source), source)

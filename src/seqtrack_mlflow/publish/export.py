@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from seqtrack_mlflow.errors import StorageError, first_line
+from seqtrack_mlflow.fsutil import sha256_file
 from seqtrack_mlflow.hub_repo import MANIFEST_FORMAT
 from seqtrack_mlflow.names import WEIGHTS_CONFIG, WEIGHTS_FILE
 
@@ -18,9 +20,11 @@ def export_pretrained(state: dict[str, Any], folder: Path, run_id: str = "") -> 
     """Write `config.json` + `model.safetensors` of a checkpoint state into `folder`.
 
     config.json: the run's ModelConfig fields at the top level (as PyTorchModelHubMixin stores
-    init kwargs), `tracker` (the crop factors the weights were trained with) and provenance.
+    init kwargs), `tracker` (the crop factors the weights were trained with) and provenance,
+    with the sha256 of model.safetensors (`seqtrack_mlflow.weights_sha256`) that loading checks.
     The bytes depend only on the checkpoint, so re-exporting gives identical files.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     config = state.get("config") if isinstance(state.get("config"), dict) else {}
@@ -40,6 +44,11 @@ def export_pretrained(state: dict[str, Any], folder: Path, run_id: str = "") -> 
     # One metadata key only: safetensors writes a multi-key metadata map in random (hash map)
     # order, which would change the file's bytes, and so re-upload it, at every mirror.
     # Epoch and run id are in config.json.
-    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    try:
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    except SafetensorError as exc:  # e.g. no space left in TMPDIR while a LoggedModel is staged
+        raise StorageError(f"cannot write {folder / WEIGHTS_FILE}: {first_line(exc)}") from None
+    # Checked by SeqTrack.from_pretrained before the weights are used (a swapped file is named).
+    document["seqtrack_mlflow"]["weights_sha256"] = sha256_file(folder / WEIGHTS_FILE)
     (folder / WEIGHTS_CONFIG).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [folder / WEIGHTS_CONFIG, folder / WEIGHTS_FILE]

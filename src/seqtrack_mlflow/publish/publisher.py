@@ -14,6 +14,7 @@ from typing import Any
 
 from seqtrack_mlflow import epoch_ranking
 from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.publish import pyfunc_model
 from seqtrack_mlflow.publish.export import export_pretrained
 from seqtrack_mlflow.publish.models import EpochModels, should_log_model
 from seqtrack_mlflow.publish.uploader import EpochUploader
@@ -37,7 +38,9 @@ class Publisher(EpochListener):
         with tempfile.TemporaryDirectory(prefix="seqtrack-model-") as tmp:
             weights = Path(tmp) / "weights"  # the folder's name is kept in the model: artifacts/weights/
             export_pretrained(state, weights, self.run_id)
-            model_id = self.models.log(epoch, weights, dataclasses.asdict(self.cfg.track))
+            # frame_roots: [] (no path is read when served) is listed so an operator can set it at load.
+            model_id = self.models.log(epoch, weights, {**dataclasses.asdict(self.cfg.track),
+                                                        pyfunc_model.FRAME_ROOTS_KEY: []})
         log.info("epoch %d logged as MLflow model %s (%.2f s)", epoch, model_id, time.perf_counter() - t0)
         return model_id
 

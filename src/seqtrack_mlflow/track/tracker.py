@@ -35,6 +35,7 @@ A sequence whose result files are complete is not tracked again (pytracking's be
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -47,12 +48,14 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from seqtrack_mlflow.config_rules import MAX_CROP_FACTOR, MAX_CROP_SIZE, MAX_TEMPLATES
 from seqtrack_mlflow.data.frames import read_frame
 from seqtrack_mlflow.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from seqtrack_mlflow.errors import ConfigError, DataError
 from seqtrack_mlflow.geometry import (
     GEOMETRIES,
     OFFICIAL_GEOMETRY,
+    check_box_on_frame,
     clip_box,
     crop_image,
     crop_official,
@@ -92,15 +95,22 @@ class TrackerConfig:
     """Predicted boxes stay on the image and at least this many pixels wide/high (official 10)."""
 
     def __post_init__(self) -> None:
+        # Settings may come from outside (a served model's model config): types first.
+        for f in dataclasses.fields(self):
+            value, want = getattr(self, f.name), {"float": (int, float), "int": (int,), "bool": (bool,),
+                                                  "str": (str,)}.get(str(f.type), (object,))
+            if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+                raise ConfigError(f"track.{f.name}: {str(value)[:80]!r} is not allowed; use a {f.type}")
         checks = [
-            (self.template_factor > 0, "template_factor", "use > 0"),
-            (self.search_factor > 0, "search_factor", "use > 0"),
-            (self.template_size >= 1, "template_size", "use >= 1"),
-            (self.search_size >= 1, "search_size", "use >= 1"),
-            (self.num_templates >= 1, "num_templates", "use >= 1"),
+            (0 < self.template_factor <= MAX_CROP_FACTOR, "template_factor", f"use > 0 and <= {MAX_CROP_FACTOR}"),
+            (0 < self.search_factor <= MAX_CROP_FACTOR, "search_factor", f"use > 0 and <= {MAX_CROP_FACTOR}"),
+            (1 <= self.template_size <= MAX_CROP_SIZE, "template_size", f"use >= 1 and <= {MAX_CROP_SIZE}"),
+            (1 <= self.search_size <= MAX_CROP_SIZE, "search_size", f"use >= 1 and <= {MAX_CROP_SIZE}"),
+            (1 <= self.num_templates <= MAX_TEMPLATES, "num_templates", f"use >= 1 and <= {MAX_TEMPLATES}"),
             (self.geometry in GEOMETRIES, "geometry", f"use one of {', '.join(GEOMETRIES)}"),
             (self.update_interval >= 1, "update_interval", "use >= 1"),
-            (self.clip_margin >= 1, "clip_margin", "use >= 1 (px), else a box can collapse to a point"),
+            (math.isfinite(self.update_threshold), "update_threshold", "use a finite number"),
+            (math.isfinite(self.clip_margin) and self.clip_margin >= 1, "clip_margin", "use >= 1 (px), else a box can collapse to a point"),
         ]
         for ok, key, allowed in checks:
             if not ok:
@@ -164,6 +174,9 @@ class SeqTrackTracker:
         box = np.asarray(box_xywh, dtype=np.float64)
         if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= 0 or box[3] <= 0:
             raise DataError(f"initial box {box.tolist()} must be finite with w > 0 and h > 0")
+        if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] != 3:
+            raise DataError(f"a frame must be (H, W, 3) with H, W >= 1, got shape {tuple(image.shape)}")
+        check_box_on_frame(box, image.shape[0], image.shape[1], "initial box")
         _, template = self._crop(image, box, self.cfg.template_factor, self.cfg.template_size)
         self.templates = [template] * self.cfg.num_templates
         self.state = box
@@ -184,6 +197,8 @@ class SeqTrackTracker:
         """Predict the target box (xywh, image pixels) in the next frame."""
         if self.state is None:
             raise DataError("tracker.track() called before initialize()")
+        if image.ndim != 3 or image.shape[0] < 1 or image.shape[1] < 1 or image.shape[2] != 3:
+            raise DataError(f"a frame must be (H, W, 3) with H, W >= 1, got shape {tuple(image.shape)}")
         H, W = image.shape[:2]
         self.frame_id += 1
         window, search = self._crop(image, self.state, self.cfg.search_factor, self.cfg.search_size)
@@ -273,6 +288,9 @@ def load_results(results_dir: str | Path, name: str, num_frames: int) -> Sequenc
     if boxes.shape != (num_frames, 4) or times.shape != (num_frames,):
         log.warning("results of %s have %d lines for %d frames; tracking it again",
                     name, boxes.shape[0], num_frames)
+        return None
+    if not (np.isfinite(boxes).all() and np.isfinite(times).all()):
+        log.warning("results of %s hold a NaN or infinite value; tracking it again", name)
         return None
     return SequenceResult(name, boxes, times, skipped=True)
 

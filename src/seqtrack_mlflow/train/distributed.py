@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from seqtrack_mlflow.errors import SeqTrackError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -84,6 +86,29 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class PeerLost(SeqTrackError):
+    """Another process of a data-parallel training died (killed, out of memory): this one cannot
+    go on, since every step needs all of them."""
+
+
+_PEER_WORDS = ("gloo", "nccl", "connection closed by peer", "connection reset by peer", "broken pipe",
+               "process group", "timed out")
+
+
+def peer_lost(exc: BaseException, info: DistInfo) -> PeerLost | None:
+    """The one-line error for a collective that failed because a peer process is gone; None when
+    `exc` is something else (or this is a single process)."""
+    if not info.enabled or isinstance(exc, SeqTrackError) or not isinstance(exc, (RuntimeError, OSError)):
+        return None
+    text = str(exc).strip()
+    dist_error = isinstance(exc, getattr(dist, "DistError", ()))
+    if not dist_error and not any(w in text.lower() for w in _PEER_WORDS):
+        return None
+    line = text.splitlines()[0][:200] if text else type(exc).__name__
+    return PeerLost(f"another training process of this {info.world}-process run stopped (rank {info.rank} "
+                    f"saw: {line}); the run is marked FAILED: resume it from its last checkpoint")
 
 
 def shutdown(info: DistInfo) -> None:

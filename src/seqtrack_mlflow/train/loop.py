@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Subset
 from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.dataset import open_dataset
+from seqtrack_mlflow.data.index import fingerprint
 from seqtrack_mlflow.data.sampler import TrainSamples
 from seqtrack_mlflow.data.summary import dataset_summary
-from seqtrack_mlflow.errors import SeqTrackError
+from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
 from seqtrack_mlflow.train import distributed
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(SeqTrackError):
     """The loss became NaN or inf; training stops, the last good checkpoint is kept."""
+
+
+class WorkerLost(SeqTrackError):
+    """A DataLoader worker process died (killed by a signal, out of memory)."""
 
 
 class EpochListener:
@@ -88,7 +93,7 @@ def train_step(actor, model: torch.nn.Module, optimizer, scaler, batch: dict[str
 class Trainer:
     def __init__(self, cfg: Config, device: torch.device, run, stop, dist: distributed.DistInfo,
                  resume: ResumeState | None = None, init: InitWeights | None = None,
-                 listener: EpochListener | None = None):
+                 listener: EpochListener | None = None, dataset=None):
         self.cfg, self.device, self.run, self.stop, self.dist = cfg, device, run, stop, dist
         self.is_main = dist.is_main
         self.listener = listener or EpochListener()
@@ -101,7 +106,8 @@ class Trainer:
         self.start_epoch = 1
 
         # Data.
-        self.dataset = open_dataset(cfg.data)
+        self.dataset = dataset if dataset is not None else open_dataset(cfg.data)
+        self.data_fingerprint = fingerprint(self.dataset)  # recorded in each checkpoint (resume checks it)
         self.summary = dataset_summary(self.dataset, cfg)
         # Model (its init is a function of the seed alone), actor, optimizer, schedule.
         torch.manual_seed(cfg.seed)
@@ -146,20 +152,29 @@ class Trainer:
                 if self.is_main:
                     val_iou = validation_iou(self.model, val_samples, cfg, self.device)
                     best = max([h[names.ROW_VAL_IOU] for h in self.history] + [val_iou])
-                    tracking = track_held_out(self.model, self.dataset, cfg, self.device)
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if cfg.train.schedule == "step":
                     self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
-                    row = {names.ROW_TRAIN_LOSS: train_loss, names.ROW_VAL_IOU: val_iou,
-                           names.ROW_BEST_VAL_IOU: best, **{f"val_{k}": v for k, v in tracking.items()},
-                           names.ROW_SECONDS: time.perf_counter() - t_epoch, names.ROW_LR: lr,
-                           names.ROW_SKIPPED: float(self.skipped)}
-                    self.history.append(row)
+                    def epoch_row(tracking: dict[str, float]) -> dict[str, float]:
+                        return {names.ROW_TRAIN_LOSS: train_loss, names.ROW_VAL_IOU: val_iou,
+                                names.ROW_BEST_VAL_IOU: best, **{f"val_{k}": v for k, v in tracking.items()},
+                                names.ROW_SECONDS: time.perf_counter() - t_epoch, names.ROW_LR: lr,
+                                names.ROW_SKIPPED: float(self.skipped)}
+
+                    # The epoch's checkpoint is written before the held-out tracking, which reads
+                    # whole videos and can fail on their data: a failure there never loses the epoch.
+                    self.history.append(epoch_row({}))
+                    state, path = self.write_checkpoint(epoch)
+                    tracking = track_held_out(self.model, self.dataset, cfg, self.device)
+                    if tracking:  # the same checkpoint again, its last row now with the tracking scores
+                        self.history[-1] = epoch_row(tracking)
+                        state, path = self.write_checkpoint(epoch)
+                    row = self.history[-1]
                     log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline "
                              "%.4f)%s, %.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
                              f", tracking AUC {tracking['auc']:.4f}" if tracking else "", row[names.ROW_SECONDS])
-                    self.save_checkpoint(epoch)
+                    self.publish_checkpoint(epoch, state, path)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
             if self.is_main:
@@ -252,16 +267,22 @@ class Trainer:
                             since_start, left, block.count)
 
     # -- the epoch's checkpoint ----------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
-        """Write and list the checkpoint, then its LoggedModel (if this epoch is one), metrics and
-        artifacts, and hand it to the listener."""
-        t0 = time.perf_counter()
+    def write_checkpoint(self, epoch: int) -> tuple[dict[str, Any], Path]:
+        """Write the epoch's checkpoint (atomically) and list it in the manifest at once: if
+        anything after it fails, the local file is complete and verifiable. (state, path)."""
+        self._t_checkpoint = time.perf_counter()
         state = training_state(epoch, self.cfg, self.model, self.optimizer, self.scheduler, self.scaler,
                                self.history, self.global_samples, time.perf_counter() - self.t_start,
                                self.run.run_id)
+        state[names.DATA_FINGERPRINT_KEY] = self.data_fingerprint
         path = save_checkpoint(self.manifest.folder / names.checkpoint_name(epoch), state)
-        # Listed at once: if the tracking store fails below, the local file is still verifiable.
         self.manifest.add(path, epoch)
+        return state, path
+
+    def publish_checkpoint(self, epoch: int, state: dict[str, Any], path: Path) -> None:
+        """The written checkpoint's LoggedModel (if this epoch is one), metrics and artifacts,
+        and hand it to the listener."""
+        t0 = self._t_checkpoint
         # The epoch's LoggedModel comes before the epoch metrics, so they are logged with its id
         # and the held-out dataset, and the model's page shows them.
         model_id = self.listener.epoch_model(epoch, state, self.history)
@@ -280,6 +301,11 @@ def _unwrapped(loader):
     traceback is the original "module.Type: message", which is all a user needs."""
     try:
         yield from loader
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise WorkerLost(f"{first_line(exc)}; the epoch cannot go on (train.workers=0 loads in the main "
+                         "process); the last complete checkpoint is kept") from None
     except SeqTrackError as exc:
         text = str(exc)
         if not text.startswith("Caught ") or "Traceback" not in text:

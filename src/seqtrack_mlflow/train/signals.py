@@ -1,15 +1,37 @@
-"""Ctrl-C / SIGTERM during training: finish the current optimizer step, then stop cleanly."""
+"""Ctrl-C / SIGTERM / SIGHUP (a closed terminal or ssh session) during training: finish the
+current optimizer step, then stop cleanly; and a guard that keeps these signals from cutting
+the closing of a run short."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while a run's final state is written (e.g. torchrun's SIGTERM
+    after a peer died): they are delivered when the block ends, so the run is closed first."""
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived: the current step was finished, the epoch restarts on resume."""
+    """SIGINT/SIGTERM/SIGHUP arrived: the current step was finished, the epoch restarts on resume."""
 
     def __init__(self, signum: int, epoch: int, samples: int):
         self.signum, self.epoch, self.samples = signum, epoch, samples
@@ -17,14 +39,14 @@ class StopRequested(Exception):
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step; a second
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the loop checks after each optimizer step; a second
     signal stops at once (KeyboardInterrupt)."""
 
     def __init__(self):
         self.signum = 0
 
     def __enter__(self) -> "StopFlag":
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame):
