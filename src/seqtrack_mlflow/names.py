@@ -21,6 +21,11 @@ EPOCH_PREFIX = "epoch/"
 EPOCH_TRAIN_LOSS = "epoch/train_loss"
 VAL_IOU = "epoch/val_iou"
 VAL_AUC = "epoch/val_auc"  # closed-loop tracking of the held-out sequences (data.val_tracking)
+# Run-level bests (step = epoch; the last value is the run's): search_runs and the compare view
+# rank runs by them. BEST_EPOCH is the epoch the selection rule picks (selection.py).
+BEST_VAL_AUC = "epoch/best_val_auc"
+BEST_VAL_IOU = "epoch/best_val_iou"
+BEST_EPOCH = "epoch/best_epoch"
 NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
@@ -39,6 +44,16 @@ RESUMED_FROM_TAG = "seqtrack.resumed_from"  # a resumed run: the run (or file) a
 RESUMED_FROM_EPOCH_TAG = "seqtrack.resumed_from_epoch"
 RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over
 MODEL_RUN_TAG = "seqtrack.run_id"  # on registered model versions: the training run
+# On registered model versions: the selection score of the version (metric name and value), the
+# digest of the held-out rows it was validated on, and the champion decision in words.
+SCORE_METRIC_TAG = "seqtrack.selection_metric"
+SCORE_VALUE_TAG = "seqtrack.selection_value"
+VALIDATION_DIGEST_TAG = "seqtrack.validation_digest"
+CHAMPION_DECISION_TAG = "seqtrack.champion_decision"
+LATEST_ALIAS = "latest"  # the registry alias every newly registered version takes
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 UI: which pages an experiment opens with
+EXPERIMENT_KIND = "custom_model_development"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own; set by the trainer only when MLflow did not
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
 # A warm start (--init): where its weights came from. INIT_SOURCE_TAG is also set on a resume
 # of such a run (inherited from the checkpoint's config; nothing is loaded again).
@@ -87,3 +102,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 # -- the Hugging Face Hub ------------------------------------------------------------------------
 DEFAULT_HUB_REPO = "hossamaladdin/Assignment3"  # the assignment's repo; configs/default.yaml holds it too
+# Hub tags of the model (the mixin adds model_hub_mixin and pytorch_model_hub_mixin; the card
+# carries them all).
+HUB_TAGS = ("visual-object-tracking", "single-object-tracking", "seqtrack", "mlflow", "pytorch")

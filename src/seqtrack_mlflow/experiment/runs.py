@@ -20,10 +20,16 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from seqtrack_mlflow import names
+from seqtrack_mlflow import names, provenance
 from seqtrack_mlflow.errors import TrackingError
 from seqtrack_mlflow.experiment.lookup import find_run
-from seqtrack_mlflow.experiment.store import client, experiment_id, prepare_store, tracking_errors
+from seqtrack_mlflow.experiment.store import (
+    client,
+    experiment_id,
+    mark_experiment,
+    prepare_store,
+    tracking_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,11 @@ class TrainingRun:
                                    log_system_metrics=self.system_metrics)
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        mark_experiment(self.experiment_id)
+        # MLflow records the commit itself when the entry script is in a git checkout (and under
+        # `mlflow run`); otherwise (pytest, a console script) the package's own checkout is asked.
+        if names.GIT_COMMIT_TAG not in run.data.tags and (commit := provenance.git_commit()) != "unknown":
+            self.set_tags({names.GIT_COMMIT_TAG: commit})
         return self
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -204,6 +215,7 @@ class EvaluationRun:
                 run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=self.tags,
                                        parent_run_id=self.parent_run_id or None)
         self.run_id = run.info.run_id
+        mark_experiment(run.info.experiment_id)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -262,6 +274,7 @@ def tool_run(kind: str, run_name: str) -> Iterator[str]:
     with tracking_errors(f"starting the {kind} run"):
         run = mlflow.start_run(run_name=run_name, tags={names.KIND_TAG: kind})
     try:
+        mark_experiment(run.info.experiment_id)
         yield run.info.run_id
     except BaseException as exc:
         with contextlib.suppress(MlflowException, OSError):

@@ -4,7 +4,6 @@ creation lock, and the experiment runs go to."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import urllib.parse
@@ -12,10 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow.errors import TrackingError
+from seqtrack_mlflow.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,17 @@ def prepare_store() -> None:
     db = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
     with tracking_errors("preparing the sqlite store"):
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                client().search_experiments(max_results=1)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # filelock: an OS lock (flock on POSIX, msvcrt on Windows) released when the holder exits
+        with FileLock(db.with_name(db.name + ".lock")):
+            client().search_experiments(max_results=1)
+
+
+def mark_experiment(exp_id: str) -> None:
+    """Tag the experiment runs are written to as model training (mlflow.experimentKind), so
+    MLflow 3's UI opens its model-training pages; an experiment that has a kind keeps it."""
+    with tracking_errors("tagging the experiment"):
+        if EXPERIMENT_KIND_TAG not in (client().get_experiment(exp_id).tags or {}):
+            client().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def experiment_id(name: str = "") -> str:
