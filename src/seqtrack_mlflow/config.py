@@ -218,7 +218,7 @@ class MlflowConfig:
     alias: str
     """Registry alias of the best version so far (e.g. models:/seqtrack-lasot@champion): a new
     run's version takes it only when its selection score beats the current holder's, validated
-    on the same held-out data (publish/models.py); every new version takes the alias `latest`."""
+    on the same held-out data (publish/models.py); every new version takes the alias `newest`."""
     force_champion: bool
     """Move `alias` to this run's version even when it does not beat the current one."""
     system_metrics: bool

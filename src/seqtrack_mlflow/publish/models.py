@@ -1,5 +1,5 @@
 """Each chosen epoch as an MLflow LoggedModel of its training run, and the best one as a
-registered model version: alias `latest` always, the champion alias (mlflow.alias) only when it
+registered model version: alias `newest` always, the champion alias (mlflow.alias) only when it
 beats the current champion on the same held-out data (`champion_decision`).
 
 A LoggedModel is a pyfunc model from code (`publish/pyfunc_model.py`) whose artifact `weights/`
@@ -78,7 +78,7 @@ class EpochModels:
     def register_best(self, history: list[dict[str, float]], name: str, alias: str,
                       force: bool = False) -> "Registration | None":
         """Register the best logged epoch (`selection`: highest epoch/val_auc, else epoch/val_iou;
-        earliest on ties) as a new version of `name`; it takes `latest` always and `alias` by
+        earliest on ties) as a new version of `name`; it takes `newest` always and `alias` by
         `champion_decision`. None when nothing is registered (no name, no logged model)."""
         logged = sorted(self.models)
         if not name or not logged:

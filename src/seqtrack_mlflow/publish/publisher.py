@@ -48,7 +48,7 @@ class Publisher(EpochListener):
             self.uploader.on_checkpoint(epoch, path, selection.row_score(history[-1]) if history else None)
 
     def training_finished(self, history: list[dict[str, float]]) -> None:
-        """Register the best logged epoch: `latest` always, the champion alias by the rule of
+        """Register the best logged epoch: `newest` always, the champion alias by the rule of
         `models.champion_decision`; one log line says what was decided and why."""
         m = self.cfg.mlflow
         done = self.models.register_best(history, m.registered_model, m.alias, force=m.force_champion)
