@@ -105,3 +105,9 @@ DEFAULT_HUB_REPO = "hossamaladdin/Assignment3"  # the assignment's repo; configs
 # Hub tags of the model (the mixin adds model_hub_mixin and pytorch_model_hub_mixin; the card
 # carries them all).
 HUB_TAGS = ("visual-object-tracking", "single-object-tracking", "seqtrack", "mlflow", "pytorch")
+
+# -- MLflow dataset inputs -------------------------------------------------------------------------
+# Which rows each context reads: training samples come from the train sequences; validation
+# (each epoch) and evaluation (tracking) from the held-out test sequences.
+CONTEXT_SPLITS = {"training": "train", "validation": "test", "evaluation": "test"}
+HF_DATASETS_SCHEME = "hf://datasets/"  # a dataset source on the Hub: hf://datasets/<repo>@<commit>

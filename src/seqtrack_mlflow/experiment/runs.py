@@ -247,9 +247,21 @@ class EvaluationRun:
 
 def log_dataset(hf_dataset: Any, source: str, name: str, context: str, digest: str | None = None):
     """Log a `datasets.Dataset` (a frame index) as an input of the active run. `digest` replaces
-    MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store."""
+    MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store.
+
+    `source` is what `mlflow.data.get_source(...).load()` gives back: hf://datasets/<repo>@<commit>
+    becomes a Hugging Face source (repo, commit, the context's split); a file:// URI or a path a
+    local source, whose load() returns the folder without any network."""
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if source.startswith(names.HF_DATASETS_SCHEME):
+        repo, _, revision = source[len(names.HF_DATASETS_SCHEME):].partition("@")
+        origin: Any = HuggingFaceDatasetSource(path=repo, revision=revision or None,
+                                               split=names.CONTEXT_SPLITS.get(context, "train"))
+    else:
+        origin = source
     with tracking_errors(f"logging the {context} dataset input"):
-        dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name, digest=digest)
+        dataset = mlflow.data.from_huggingface(hf_dataset, name=name, digest=digest, source=origin)
         mlflow.log_input(dataset, context=context)
     return dataset
 
