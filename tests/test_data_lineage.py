@@ -77,7 +77,11 @@ def test_revision_and_lineage_are_logged_for_training_and_evaluation(hub_with_tr
     assert inputs["training"][0] == "lasot:airplane,bicycle/train"
     assert inputs["training"][1] == index_digest(split_index(index, "train"))[:DIGEST_CHARS]
     assert inputs["validation"][1] == index_digest(split_index(index, "test"))[:DIGEST_CHARS]
-    assert f"hf://datasets/l-lt/LaSOT@{head}" in json.loads(inputs["training"][2])["path"]
+    # a Hugging Face source: the repo, its commit and the rows' split, no "None" strings
+    for context, split in (("training", "train"), ("validation", "test")):
+        source = json.loads(inputs[context][2])
+        assert (source["path"], source["revision"], source["split"]) == ("l-lt/LaSOT", head, split)
+        assert "None" not in source.values()
 
     # evaluation of that run: its test sequences as an input with context `evaluation`, no request
     hub.clear_requests()
@@ -89,3 +93,45 @@ def test_revision_and_lineage_are_logged_for_training_and_evaluation(hub_with_tr
     assert set(_inputs(child.info.run_id)) == {"evaluation"}
     assert _inputs(child.info.run_id)["evaluation"][1] == inputs["validation"][1]
     assert child.data.tags["seqtrack.data_revision"] == head
+
+
+def _sources(run_id: str) -> dict[str, object]:
+    """{context: the dataset input's source, as mlflow.data.get_source rebuilds it}."""
+    import mlflow.data
+
+    return {{t.key: t.value for t in item.tags}["mlflow.data.context"]: mlflow.data.get_source(item.dataset)
+            for item in MlflowClient().get_run(run_id).inputs.dataset_inputs}
+
+
+def test_local_dataset_sources_reload_with_the_network_blocked(tmp_path, monkeypatch):
+    """The bundled sample and a LaSOT copy on disk are logged as local sources: load() gives the
+    folder back with every connection refused."""
+    import socket
+
+    from seqtrack_mlflow.data.synthetic import ensure_sample_data
+
+    local = make_lasot_tree(tmp_path / "copy", seqs_per_class=3, frames=30)
+    roots = {"sample": Path(ensure_sample_data()), "lasot": local}
+    runs = {}
+    for source in roots:
+        config = write_tiny_config(tmp_path / source, data={"source": source}, train={"epochs": 1})
+        extra = ["--data-dir", str(local)] if source == "lasot" else []
+        assert cli.main(["train", "--config", str(config), *extra, "--output-dir", str(tmp_path / source / "out"),
+                         "--device", "cpu", "--no-system-metrics"]) == 0
+        runs[source] = MlflowClient().search_runs(
+            [MlflowClient().get_experiment_by_name("Default").experiment_id],
+            filter_string=f"params.`data.source` = '{source}'")[0].info.run_id
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for source, run_id in runs.items():
+        sources = _sources(run_id)
+        assert set(sources) == {"training", "validation"}
+        for item in sources.values():
+            assert item._get_source_type() == "local"
+            assert Path(item.load()).resolve() == roots[source].resolve()
+            assert "None" not in json.dumps(item.to_dict())

@@ -93,7 +93,7 @@ def test_our_own_unfinished_class_folder_is_replaced(fake_hub, tmp_path):  # noq
     assert not stale.exists() and theirs.is_dir()
 
 
-def test_complete_local_tree_is_used_in_place_with_no_request_and_no_change(fake_hub, tmp_path,
+def test_complete_local_tree_is_used_in_place_with_no_request_and_no_change(fake_hub, tmp_path,  # noqa: F811
                                                                            monkeypatch):
     from seqtrack_mlflow.config import load_config
     from seqtrack_mlflow.data.dataset import open_dataset

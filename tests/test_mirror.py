@@ -207,13 +207,49 @@ def test_from_pretrained_reads_a_local_folder(tmp_path):
         SeqTrack.from_pretrained(tmp_path / "m")
 
 
+def test_seqtrack_is_a_pytorch_model_hub_mixin(hub_env, tmp_path, monkeypatch):
+    """save_pretrained -> from_pretrained is bit-equal; push_to_hub uploads the same two files
+    (plus the mixin's card) and from_pretrained reads them back; the mixin's own loader and a
+    config given as a dict build the same network."""
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub import ModelHubMixin, PyTorchModelHubMixin
+
+    assert issubclass(SeqTrack, PyTorchModelHubMixin)
+    torch.manual_seed(3)
+    model = SeqTrack(Config.from_dict(TINY).model)
+    model.save_pretrained(tmp_path / "saved")
+    assert {p.name for p in (tmp_path / "saved").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    document = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "pretrained" not in document and document["embed_dim"] == TINY["model"]["embed_dim"]
+    for loaded in (SeqTrack.from_pretrained(tmp_path / "saved"),
+                   ModelHubMixin.from_pretrained.__func__(SeqTrack, str(tmp_path / "saved"))):  # the mixin's own path
+        assert not loaded.training and loaded.state_dict().keys() == model.state_dict().keys()
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert SeqTrack(document).cfg == model.cfg
+
+    # push_to_hub talks to huggingface_hub's endpoint (read at import): point it at the fake Hub
+    # (only for the push: the download URL template keeps the import-time endpoint)
+    with monkeypatch.context() as patch:
+        patch.setattr(hf_constants, "ENDPOINT", hub_env.url)
+        patch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
+        model.push_to_hub("someone/mixin", token=ACCEPTED_TOKEN)
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub_env.tree("someone/mixin"))
+    assert hub_env.read("someone/mixin", "model.safetensors") == (tmp_path / "saved" / "model.safetensors").read_bytes()
+    pulled = SeqTrack.from_pretrained("someone/mixin", cache_dir=tmp_path / "cache")
+    assert all(torch.equal(pulled.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 # -- model card ------------------------------------------------------------------------------------
 def test_card_metadata_and_model_index_after_an_evaluate(hub_env, tmp_path):
     run_id, _ = make_run(tmp_path)
     assert mirror_cli(run_id) == 0
     before = front_matter(hub_env.read(REPO, "README.md").decode())
     assert "model-index" not in before and "datasets" not in before  # sample data: no LaSOT claim
-    assert before["license"] == "mit" and before["library_name"] == "pytorch"
+    assert before["license"] == "mit" and "library_name" not in before
+    # the tags of the card SeqTrack.save_pretrained writes (the mixin's among them), and ours
+    SeqTrack(Config.from_dict(TINY).model).save_pretrained(tmp_path / "mixin")
+    mixin = front_matter((tmp_path / "mixin" / "README.md").read_text())
+    assert set(mixin["tags"]) <= set(before["tags"]) and "pytorch_model_hub_mixin" in mixin["tags"]
     assert {"visual-object-tracking", "seqtrack", "mlflow"} <= set(before["tags"])
     assert before["mlflow_run_id"] == run_id and before["dataset_revision"] == "sample-v1"
 

@@ -5,6 +5,7 @@ system metrics, and evaluation results on the training run."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -89,10 +90,42 @@ def test_epoch_models_alias_pyfunc_system_metrics_and_evaluation(tmp_path, monke
         assert {Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id, "artifacts/weights")} \
             == {"config.json", "model.safetensors"}
 
-    # the alias points at the best epoch (highest val IoU, earliest on ties)
+    # the alias points at the best epoch (highest val IoU, earliest on ties); the first version
+    # of the name takes it, and `newest` too; the version records its score and held-out digest
     best = max(val, key=lambda e: (val[e], -e))
     version = client.get_model_version_by_alias("seqtrack-lasot", "champion")
     assert version.tags["seqtrack.epoch"] == str(best) and version.run_id == run_id
+    assert client.get_model_version_by_alias("seqtrack-lasot", "newest").version == version.version
+    [validation] = [d.dataset for d in run.inputs.dataset_inputs
+                    if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "validation"]
+    assert version.tags["seqtrack.validation_digest"] == validation.digest
+    assert version.tags["seqtrack.ranking_metric"] == "epoch/val_iou"
+    assert float(version.tags["seqtrack.ranking_value"]) == val[best]
+    assert version.tags["seqtrack.champion_decision"].startswith("champion: no version held the alias")
+
+    # the experiment opens as model training in MLflow 3's UI
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # run-level bests: search_runs ranks runs by them (the last value of each)
+    assert run.data.metrics["epoch/best_epoch"] == best
+    assert run.data.metrics["epoch/best_val_iou"] == max(val.values())
+    assert "epoch/best_val_auc" not in run.data.metrics  # the tiny run does not track (val_tracking never)
+    assert client.search_runs([run.info.experiment_id], order_by=["metrics.`epoch/best_val_iou` DESC"])[0] \
+        .info.run_id == run_id
+
+    # the model rebuilds anywhere: requirements without local version labels, the package
+    # shipped beside it, input examples in strict JSON (missing boxes as null)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{by_epoch[best].model_id}", dst_path=str(tmp_path / "m")))
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"torch", "mlflow", "huggingface_hub", "safetensors"}
+    assert all("==" in r and "+" not in r for r in requirements), requirements
+    assert (folder / "code" / "seqtrack_mlflow" / "model" / "seqtrack.py").is_file()
+    assert (folder / "code" / "seqtrack_mlflow" / "model" / "official_keys.txt").is_file()
+    assert not list((folder / "code").rglob("__pycache__"))
+    for name in ("input_example.json", "serving_input_example.json"):
+        text = (folder / name).read_text()
+        json.loads(text, parse_constant=lambda c: pytest.fail(f"{name} holds {c}: not strict JSON"))
+        assert "null" in text
+    assert '"type": "string", "name": "frame"' in (folder / "MLmodel").read_text().replace("\\", "")
 
     # system metrics beside the training curves
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
@@ -165,3 +198,51 @@ def test_which_epochs_become_models():
     history = [{"val_iou": 0.65, "val_auc": 0.05}, {"val_iou": 0.30, "val_auc": 0.20}]
     assert should_log_model("best", 3, 5, {"val_iou": 0.40, "val_auc": 0.25}, history)
     assert not should_log_model("best", 3, 5, {"val_iou": 0.70, "val_auc": 0.10}, history)
+
+
+def _registered(name: str, alias: str) -> str:
+    return MlflowClient().get_model_version_by_alias(name, alias).version
+
+
+@pytest.mark.slow
+def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path, caplog, monkeypatch):
+    """One-epoch runs of three seeds (the same held-out rows, so one validation digest), their
+    scores read first from runs that register nothing. Then, registered in this order: the
+    middle seed takes champion (no champion yet); the worst takes only `newest`; the middle
+    seed again (bit-identical: a tie) keeps the champion; the best takes both; the worst,
+    forced, takes both. Each decision is a version tag and one log line."""
+    torch.set_num_threads(1)
+    caplog.set_level(logging.INFO, logger="seqtrack_mlflow")
+    client = MlflowClient()
+    score = {}
+    for seed in (8, 9, 10):
+        monkeypatch.setenv("PYTHONHASHSEED", str(seed))  # else the trainer re-executes itself to set it
+        probe = train(tmp_path / f"probe{seed}", "--no-system-metrics", seed=seed, train={"epochs": 1},
+                      mlflow={"registered_model": ""})
+        score[seed] = client.get_run(probe).data.metrics["epoch/val_iou"]
+    low, mid, high = sorted(score, key=score.get)
+    assert score[low] < score[mid] < score[high], f"two seeds tie ({score}); pick other seeds"
+    name = "champion-test"
+
+    def run(folder: str, seed: int, *extra: str) -> tuple[str, str]:
+        caplog.clear()
+        monkeypatch.setenv("PYTHONHASHSEED", str(seed))
+        run_id = train(tmp_path / folder, "--no-system-metrics", *extra, seed=seed, train={"epochs": 1},
+                       mlflow={"registered_model": name})
+        [version] = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        assert float(version.tags["seqtrack.ranking_value"]) == score[seed]
+        [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("registered epoch")]
+        assert version.tags["seqtrack.champion_decision"] in line
+        assert _registered(name, "newest") == version.version
+        return version.version, version.tags["seqtrack.champion_decision"]
+
+    first, why = run("first", mid)
+    assert _registered(name, "champion") == first and why.startswith("champion: no version")
+    worse, why = run("worse", low)
+    assert _registered(name, "champion") == first and why.startswith("not champion:") and "does not beat" in why
+    same, why = run("same", mid)
+    assert _registered(name, "champion") == first and "does not beat" in why
+    better, why = run("better", high)
+    assert _registered(name, "champion") == better and why.startswith("champion:") and "beats" in why
+    forced, why = run("forced", low, "--set", "mlflow.force_champion=true")
+    assert _registered(name, "champion") == forced and "forced" in why

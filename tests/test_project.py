@@ -21,7 +21,7 @@ EXPECTED = {
              **{name: NOT_GIVEN for name in ("epochs", "seed", "batch_size", "workers", "nproc", "patch_size",
                                               "classes", "data", "data_dir", "device", "precision", "resume", "init",
                                               "samples_per_epoch", "run_name", "experiment_name",
-                                              "system_metrics", "log_models")}},
+                                              "system_metrics", "log_models", "force_champion")}},
     "mirror": {"run_id": NOT_GIVEN, "repo_id": ("string", DEFAULT_HUB_REPO),
                "private": ("string", "false"), "revision": NOT_GIVEN, "dry_run": ("string", "false")},
     "evaluate": {"run_id": NOT_GIVEN, "checkpoint": NOT_GIVEN, "epoch": ("string", "best"),

@@ -23,7 +23,10 @@ def write_tiny_config(folder: Path, **sections) -> Path:
     """configs-style YAML of TINY with per-section overrides, e.g. train={"epochs": 2}."""
     tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
     for section, values in sections.items():
-        tree[section].update(values)
+        if not isinstance(values, dict):  # a top-level key such as seed=9
+            tree[section] = values
+            continue
+        tree.setdefault(section, {}).update(values)
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / "tiny.yaml"
     path.write_text(yaml.safe_dump(tree))

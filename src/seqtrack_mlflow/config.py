@@ -220,7 +220,11 @@ class MlflowConfig:
     """Model Registry name the best epoch is registered under at the end of training
     ('' = do not register)."""
     alias: str
-    """Registry alias set on that version (e.g. models:/seqtrack-lasot@champion)."""
+    """Registry alias of the best version so far (e.g. models:/seqtrack-lasot@champion): a new
+    run's version takes it only when its ranking score beats the current holder's, validated
+    on the same held-out data (publish/models.py); every new version takes the alias `newest`."""
+    force_champion: bool
+    """Move `alias` to this run's version even when it does not beat the current one."""
     system_metrics: bool
     """Log CPU, memory (and GPU) use as system/* metrics of the training run (psutil)."""
 

@@ -69,3 +69,17 @@ def row_score(row: Mapping[str, Any]) -> float:
 def describe(metric: str, value: float) -> str:
     """'best epoch/val_auc=0.2480' (what evaluate and the mirror report as the reason)."""
     return f"best {metric}={value:.4f}"
+
+
+def run_bests(history: list[Mapping[str, Any]]) -> dict[str, float]:
+    """The run-level bests after the last epoch of `history`: the epoch this rule picks
+    (epoch/best_epoch) and the highest val AUC so far (epoch/best_val_auc, when measured);
+    epoch/best_val_iou is in each epoch's own row."""
+    out: dict[str, float] = {}
+    best = best_in_history(history, range(1, len(history) + 1))
+    if best is not None:
+        out[names.BEST_EPOCH] = float(best[0])
+    auc = best_epoch(history_points(history, "val_auc"), range(1, len(history) + 1))
+    if auc is not None:
+        out[names.BEST_VAL_AUC] = auc[1]
+    return out

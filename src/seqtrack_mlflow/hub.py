@@ -364,15 +364,18 @@ def download_file(repo_id: str, filename: str, repo_type: str, dest_dir: str | P
 
 
 def cached_file(repo_id: str, filename: str, revision: str | None = None, token: str | None = None,
-                endpoint: str | None = None, repo_type: str = "model") -> Path:
-    """One file of a repo in the Hugging Face cache (HF_HOME), downloaded if needed: what
-    `from_pretrained` reads. A missing file raises RemoteFileMissing."""
+                endpoint: str | None = None, repo_type: str = "model", cache_dir: str | Path | None = None,
+                force_download: bool = False, local_files_only: bool = False) -> Path:
+    """One file of a repo in the Hugging Face cache (HF_HOME, or `cache_dir`), downloaded if
+    needed: what `from_pretrained` reads. A missing file raises RemoteFileMissing."""
     token = get_token(token, required=False)
     action = f"download {filename} from {repo_url(repo_id, endpoint, repo_type)}" + (
         f" at {revision}" if revision else "")
     with _hub_errors(action, token, endpoint):
         return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
-                                    endpoint=resolve_endpoint(endpoint), token=token or False))
+                                    endpoint=resolve_endpoint(endpoint), token=token or False,
+                                    cache_dir=cache_dir, force_download=force_download,
+                                    local_files_only=local_files_only))
 
 
 def resolve_commit(repo_id: str, revision: str | None = None, repo_type: str = "model",

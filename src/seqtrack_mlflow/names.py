@@ -35,6 +35,11 @@ def epoch_metric(key: str) -> str:
 EPOCH_TRAIN_LOSS = epoch_metric(ROW_TRAIN_LOSS)
 VAL_IOU = epoch_metric(ROW_VAL_IOU)
 VAL_AUC = epoch_metric(ROW_VAL_AUC)
+# Run-level bests (step = epoch; the last value is the run's): search_runs and the compare view
+# rank runs by them. BEST_EPOCH is the epoch the ranking rule picks (epoch_ranking.py).
+BEST_VAL_AUC = epoch_metric("best_val_auc")
+BEST_VAL_IOU = epoch_metric(ROW_BEST_VAL_IOU)
+BEST_EPOCH = epoch_metric("best_epoch")
 NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
@@ -48,7 +53,6 @@ KINDS = ("train", "evaluate", "mirror", "download")
 ERROR_TAG = "seqtrack.error"
 EPOCH_TAG = "seqtrack.epoch"  # on evaluation runs, LoggedModels and registered versions
 TAG_PREFIX = "seqtrack."  # + version and CPU facts (seqtrack.torch_version, seqtrack.cpu_model, ...)
-GIT_COMMIT_TAG = "seqtrack.git_commit"
 DEVICE_TAG = "seqtrack.device"
 OUTPUT_DIR_TAG = "seqtrack.output_dir"
 DATA_SOURCE_TAG = "seqtrack.data_source"  # where the run's frames came from, in words
@@ -72,6 +76,16 @@ RESUMED_BY_TAG = "seqtrack.resumed_by"  # on the run a resume took over
 RESUME_DATA_CHANGED_TAG = "seqtrack.resume_data_changed"  # '<checkpoint fingerprint> -> <data fingerprint>'
 DATA_FINGERPRINT_KEY = "data_fingerprint"  # checkpoint key: data.index.fingerprint of the data trained on
 MODEL_RUN_TAG = "seqtrack.run_id"  # on registered model versions: the training run
+# On registered model versions: the ranking score of the version (metric name and value), the
+# digest of the held-out rows it was validated on, and the champion decision in words.
+SCORE_METRIC_TAG = "seqtrack.ranking_metric"
+SCORE_VALUE_TAG = "seqtrack.ranking_value"
+VALIDATION_DIGEST_TAG = "seqtrack.validation_digest"
+CHAMPION_DECISION_TAG = "seqtrack.champion_decision"
+LATEST_ALIAS = "newest"  # the registry alias every newly registered version takes ("latest" is reserved by MLflow)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3 UI: which pages an experiment opens with
+EXPERIMENT_KIND = "custom_model_development"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own; set by the trainer only when MLflow did not
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under this one
 # A warm start (--init): where its weights came from. INIT_SOURCE_TAG is also set on a resume
 # of such a run (inherited from the checkpoint's config; nothing is loaded again).
@@ -120,3 +134,12 @@ WEIGHTS_FILE = "model.safetensors"
 
 # -- the Hugging Face Hub ------------------------------------------------------------------------
 DEFAULT_HUB_REPO = "hossamaladdin/Assignment3"  # the assignment's repo; configs/default.yaml holds it too
+# Hub tags of the model (the mixin adds model_hub_mixin and pytorch_model_hub_mixin; the card
+# carries them all).
+HUB_TAGS = ("visual-object-tracking", "single-object-tracking", "seqtrack", "mlflow", "pytorch")
+
+# -- MLflow dataset inputs -------------------------------------------------------------------------
+# Which rows each context reads: training samples come from the train sequences; validation
+# (each epoch) and evaluation (tracking) from the held-out test sequences.
+CONTEXT_SPLITS = {"training": "train", "validation": "test", "evaluation": "test"}
+HF_DATASETS_SCHEME = "hf://datasets/"  # a dataset source on the Hub: hf://datasets/<repo>@<commit>

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.config import DataConfig
+from seqtrack_mlflow.names import CONTEXT_SPLITS, HF_DATASETS_SCHEME
 
 log = logging.getLogger(__name__)
 
-HUB_SOURCE = "hf://datasets/l-lt/LaSOT"
+HUB_SOURCE = f"{HF_DATASETS_SCHEME}l-lt/LaSOT"
 
 
 def default_lasot_root() -> Path:
@@ -117,11 +118,10 @@ class DatasetInput:
     digest: str
     """`index_digest` of these rows, cut to what MLflow stores."""
     source: str
+    """What `mlflow.data.get_source(...).load()` reloads: hf://datasets/l-lt/LaSOT@<commit> for
+    a download, else the file:// URI of the tree on this disk (the sample, a local copy)."""
 
 
-# Which rows each context reads: training samples come from the train sequences; validation
-# (each epoch) and evaluation (tracking) from the held-out test sequences.
-CONTEXT_SPLITS = {"training": "train", "validation": "test", "evaluation": "test"}
 
 
 def dataset_inputs(dataset, data: DataConfig, contexts: tuple[str, ...]) -> tuple[list[DatasetInput], dict[str, str]]:
@@ -130,14 +130,17 @@ def dataset_inputs(dataset, data: DataConfig, contexts: tuple[str, ...]) -> tupl
     from seqtrack_mlflow.data.index import DIGEST_CHARS, frame_index, index_digest, split_index
 
     index = frame_index(dataset)
-    source = dataset_source(data, dataset)
+    origin = getattr(dataset, "origin", None)
+    if origin is None:
+        source = dataset_source(data, dataset)
+    else:
+        source = origin.source if origin.kind == "hub" else Path(origin.root).as_uri()
     base = f"{data.source}:{','.join(data.classes)}"
     inputs = []
     for context in contexts:
         rows = split_index(index, CONTEXT_SPLITS[context])
         inputs.append(DatasetInput(rows, f"{base}/{CONTEXT_SPLITS[context]}", context,
                                    index_digest(rows)[:DIGEST_CHARS], source))
-    origin = getattr(dataset, "origin", None)
     tags = dict(origin.tags()) if origin is not None else {names.DATA_SOURCE_TAG: source}
     tags[names.DATA_FINGERPRINT_TAG] = index_digest(index)
     return inputs, tags

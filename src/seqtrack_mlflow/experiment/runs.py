@@ -20,12 +20,13 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from seqtrack_mlflow import names
+from seqtrack_mlflow import names, provenance
 from seqtrack_mlflow.errors import TrackingError
 from seqtrack_mlflow.experiment.lookup import find_run
 from seqtrack_mlflow.experiment.store import (
     client,
     experiment_id,
+    mark_experiment,
     prepare_store,
     retry_locked,
     tracking_errors,
@@ -70,6 +71,11 @@ class TrainingRun:
             log_system_metrics=self.system_metrics))
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        mark_experiment(self.experiment_id)
+        # MLflow records the commit itself when the entry script is in a git checkout (and under
+        # `mlflow run`); otherwise (pytest, a console script) the package's own checkout is asked.
+        if names.GIT_COMMIT_TAG not in run.data.tags and (commit := provenance.git_commit()) != "unknown":
+            self.set_tags({names.GIT_COMMIT_TAG: commit})
         return self
 
     def end(self, status: str = "FINISHED", error: str | None = None) -> None:
@@ -219,6 +225,7 @@ class EvaluationRun:
                 run = mlflow.start_run(run_name=self.run_name, experiment_id=exp_id, tags=self.tags,
                                        parent_run_id=self.parent_run_id or None)
         self.run_id = run.info.run_id
+        mark_experiment(run.info.experiment_id)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -250,9 +257,21 @@ class EvaluationRun:
 
 def log_dataset(hf_dataset: Any, source: str, name: str, context: str, digest: str | None = None):
     """Log a `datasets.Dataset` (a frame index) as an input of the active run. `digest` replaces
-    MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store."""
+    MLflow's own (which hashes only the first 10,000 rows); at most 36 characters fit its store.
+
+    `source` is what `mlflow.data.get_source(...).load()` gives back: hf://datasets/<repo>@<commit>
+    becomes a Hugging Face source (repo, commit, the context's split); a file:// URI or a path a
+    local source, whose load() returns the folder without any network."""
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if source.startswith(names.HF_DATASETS_SCHEME):
+        repo, _, revision = source[len(names.HF_DATASETS_SCHEME):].partition("@")
+        origin: Any = HuggingFaceDatasetSource(path=repo, revision=revision or None,
+                                               split=names.CONTEXT_SPLITS.get(context, "train"))
+    else:
+        origin = source
     with tracking_errors(f"logging the {context} dataset input"):
-        dataset = mlflow.data.from_huggingface(hf_dataset, path=source, name=name, digest=digest)
+        dataset = mlflow.data.from_huggingface(hf_dataset, name=name, digest=digest, source=origin)
         mlflow.log_input(dataset, context=context)
     return dataset
 
@@ -277,6 +296,7 @@ def tool_run(kind: str, run_name: str) -> Iterator[str]:
     with tracking_errors(f"starting the {kind} run"):
         run = mlflow.start_run(run_name=run_name, tags={names.KIND_TAG: kind})
     try:
+        mark_experiment(run.info.experiment_id)
         yield run.info.run_id
     except BaseException as exc:
         with contextlib.suppress(MlflowException, OSError):

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow.errors import TrackingError
+from seqtrack_mlflow.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +165,23 @@ def prepare_store() -> None:
     the database itself. Other stores (a tracking server, which made its schema at start) need none."""
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
-        import filelock
-
         db = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
         with tracking_errors("preparing the sqlite store"):
             db.parent.mkdir(parents=True, exist_ok=True)
-            with filelock.FileLock(str(db.with_name(db.name + ".lock"))):
+            # filelock: an OS lock (flock on POSIX, msvcrt on Windows) released when the holder exits
+            with FileLock(db.with_name(db.name + ".lock")):
                 client().search_experiments(max_results=1)
     elif uri.startswith("postgresql"):
         with tracking_errors("preparing the PostgreSQL store"), _postgres_lock(uri):
             client().search_experiments(max_results=1)
+
+
+def mark_experiment(exp_id: str) -> None:
+    """Tag the experiment runs are written to as model training (mlflow.experimentKind), so
+    MLflow 3's UI opens its model-training pages; an experiment that has a kind keeps it."""
+    with tracking_errors("tagging the experiment"):
+        if EXPERIMENT_KIND_TAG not in (client().get_experiment(exp_id).tags or {}):
+            client().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 # Any fixed 64-bit number: the advisory lock that serializes MLflow's schema creation.

@@ -22,26 +22,20 @@ equal the official ones (see official_keys.txt next to this file).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
-from seqtrack_mlflow.config import Config, ModelConfig
-from seqtrack_mlflow.errors import CheckpointError, ConfigError
+from seqtrack_mlflow.config import ModelConfig
 from seqtrack_mlflow.model.decoder import SeqTrackDecoder
+from seqtrack_mlflow.model.pretrained import config_fields, model_config, read_pretrained
 from seqtrack_mlflow.model.vit import VisionTransformer
-from seqtrack_mlflow.model.weights import (
-    check_shapes,
-    check_weights_digest,
-    load_strict,
-    meta_shapes,
-    safetensors_shapes,
-)
-from seqtrack_mlflow.names import WEIGHTS_CONFIG, WEIGHTS_FILE
+from seqtrack_mlflow.model.weights import load_strict, meta_shapes
+from seqtrack_mlflow.names import HUB_TAGS, WEIGHTS_FILE
 
 NUM_COORDS = 4  # a box is (cx, cy, w, h), the official default DATA.SEQ_FORMAT 'xywh'
 
@@ -162,9 +156,20 @@ class MLP(nn.Module):
         return x
 
 
-class SeqTrack(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class SeqTrack(nn.Module, PyTorchModelHubMixin, license="mit", tags=list(HUB_TAGS),
+               coders={ModelConfig: (config_fields, model_config)}):
+    """The network of `config` (a ModelConfig, or its fields as a dict: a config.json).
+
+    A `PyTorchModelHubMixin` (huggingface_hub): `save_pretrained(folder)` writes config.json
+    (the ModelConfig fields at the top level, plus any `config=` keys given) and
+    model.safetensors, `push_to_hub(repo_id)` uploads them, `from_pretrained` reads them back
+    (strictly: every key, every shape)."""
+
+    def __init__(self, config: ModelConfig | dict[str, Any]):
         super().__init__()
+        cfg = config if isinstance(config, ModelConfig) else model_config(config)
+        # What save_pretrained writes to config.json: the flat fields, training-only keys left out.
+        self._hub_mixin_config = config_fields(cfg)
         self.cfg = cfg
         self.bins = cfg.bins
         vit = VisionTransformer(
@@ -256,59 +261,46 @@ class SeqTrack(nn.Module):
             for m in training:
                 m.training = True
 
-    # -- Hugging Face Hub (the PyTorchModelHubMixin layout: config.json + model.safetensors) ----
+    # -- Hugging Face Hub (PyTorchModelHubMixin: config.json + model.safetensors) --------------
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_path: str | Path, revision: str | None = None, subfolder: str = "",
-                        token: str | None = None, endpoint: str | None = None,
-                        map_location: str | torch.device = "cpu") -> "SeqTrack":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        subfolder: str = "", token: str | None = None, endpoint: str | None = None,
+                        map_location: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+                        force_download: bool = False, local_files_only: bool = False,
+                        **ignored: Any) -> "SeqTrack":
         """A ready model (eval mode) from a Hub repo or a local folder in one call.
 
-        Reads `config.json` (ModelConfig fields at the top level, as PyTorchModelHubMixin writes
-        init kwargs) and `model.safetensors` (no pickle: nothing in the file can run code).
-        `revision` (branch, tag such as run-1a2b3c4d, or commit) pins a mirrored run;
-        `subfolder="checkpoints/epoch_3"` picks one epoch instead of the best. The crop geometry the
-        weights were trained with is in `model.tracker_settings` (TrackerConfig fields). Hub
-        downloads go through seqtrack_mlflow.hub (HF cache).
+        The mixin's arguments (revision, token, cache_dir, force_download, local_files_only,
+        map_location) mean what they mean there; loading is always strict (every key, every
+        shape), and `model.safetensors` holds no pickle. Added: `subfolder="checkpoints/epoch_3"`
+        picks one epoch of a mirrored run instead of the best; `endpoint` another Hub (else
+        SEQTRACK_HF_ENDPOINT / HF_ENDPOINT, read at call time); `revision` (branch, tag such as
+        run-1a2b3c4d, or commit) pins a mirrored run. The crop geometry the weights were trained
+        with is in `model.tracker_settings` (TrackerConfig fields).
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        names = [f"{subfolder.strip('/')}/{n}" if subfolder.strip("/") else n
-                 for n in (WEIGHTS_CONFIG, WEIGHTS_FILE)]
-        local = Path(repo_id_or_path)
-        if local.is_dir():
-            config_path, weights_path = (local / n for n in names)
-            for path in (config_path, weights_path):
-                if not path.is_file():
-                    raise CheckpointError(f"{path} does not exist; a pretrained folder holds "
-                                          f"{WEIGHTS_CONFIG} and {WEIGHTS_FILE}")
-        else:
-            from seqtrack_mlflow import hub
-
-            config_path, weights_path = (hub.cached_file(str(repo_id_or_path), n, revision=revision,
-                                                         token=token, endpoint=endpoint) for n in names)
-        source = f"{repo_id_or_path}: {names[1]}"
-        try:
-            if config_path.stat().st_size > MAX_CONFIG_JSON_BYTES:
-                raise CheckpointError(f"{repo_id_or_path}: {names[0]} is larger than {MAX_CONFIG_JSON_BYTES} bytes")
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                raise CheckpointError(f"{repo_id_or_path}: {names[0]} must hold a JSON object")
-            known = {f.name for f in dataclasses.fields(ModelConfig)} - {"pretrained"}
-            model_cfg = Config.from_dict({"model": {k: v for k, v in config.items() if k in known}},
-                                         origin=f"{repo_id_or_path}: {names[0]}").model
-            check_pretrained_files(model_cfg, config, weights_path, source)  # before anything is allocated
-            state = load_file(str(weights_path), device="cpu")
-        except (ValueError, OSError, SafetensorError) as exc:
-            raise CheckpointError(f"{source} cannot be read with {names[0]}: {exc}") from None
-        except ConfigError as exc:
-            raise CheckpointError(f"{repo_id_or_path}: {names[0]}: {exc}") from None
-        model = cls(model_cfg)
+        cfg, document, state, source = read_pretrained(
+            pretrained_model_name_or_path, revision=revision, subfolder=subfolder, token=token,
+            endpoint=endpoint, cache_dir=cache_dir, force_download=force_download,
+            local_files_only=local_files_only, shapes_of=model_shapes)
+        model = cls(cfg)
         load_strict(model, state, source)
-        model.tracker_settings = {"template_size": model_cfg.template_size, "search_size": model_cfg.search_size,
-                                  "num_templates": model_cfg.num_templates, **dict(config.get("tracker") or {})}
+        model.tracker_settings = {"template_size": cfg.template_size, "search_size": cfg.search_size,
+                                  "num_templates": cfg.num_templates, **dict(document.get("tracker") or {})}
         return model.to(map_location).eval()
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's weights hook: model.safetensors with the metadata {"format": "pt"} that
+        transformers-style readers look for (shared tensors de-duplicated by safetensors)."""
+        from safetensors.torch import save_model
+
+        save_model(self, str(Path(save_directory) / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None = None, token: Any = None,
+                         map_location: str = "cpu", **kwargs: Any) -> "SeqTrack":
+        """The mixin's loading hook: the same strict loading as `from_pretrained`."""
+        return cls.from_pretrained(model_id, revision=revision, token=token or None, map_location=map_location)
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -360,18 +352,6 @@ class SeqTrack(nn.Module):
 
 
 # A config.json holds a few dozen keys; a larger one is not this project's.
-MAX_CONFIG_JSON_BYTES = 1 << 20
-
-
 def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """{name: shape} of the state dict of SeqTrack(cfg), without building it in memory."""
     return meta_shapes(lambda: SeqTrack(dataclasses.replace(cfg, pretrained="")))
-
-
-def check_pretrained_files(cfg: ModelConfig, config: dict[str, Any], weights_path: Path, source: str) -> None:
-    """The checks `from_pretrained` makes before the network is built: the sha256 config.json
-    records for the weights (`seqtrack_mlflow.weights_sha256`), then the safetensors header's
-    names and shapes against the network `cfg` describes (and its parameter bound)."""
-    block = config.get("seqtrack_mlflow")
-    check_weights_digest(weights_path, block.get("weights_sha256") if isinstance(block, dict) else None, source)
-    check_shapes(model_shapes(cfg), safetensors_shapes(weights_path, source), source)

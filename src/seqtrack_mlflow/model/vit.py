@@ -157,7 +157,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.num_patches_search + self.num_patches_template, embed_dim))
         # Linearly increasing stochastic depth, as timm/official ("dpr").
-        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # host values, also when built on "meta"
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # a list even under a meta default device
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 

@@ -5,7 +5,10 @@ manifest, the latest evaluation, run id): it holds no timestamps of the mirrorin
 mirroring the same run twice yields byte-identical cards and the second upload is a no-op.
 
 Its YAML front matter is built with huggingface_hub's `ModelCardData` (`render_model_card`):
-- `library_name`, `license`, `tags` (visual-object-tracking, seqtrack, mlflow, ...);
+- `license`, `tags`: the model's own (visual-object-tracking, seqtrack, mlflow, ...) and the two
+  that `PyTorchModelHubMixin` gives every model it saves (model_hub_mixin,
+  pytorch_model_hub_mixin), as the card `SeqTrack.save_pretrained` writes; no `library_name`
+  (the Hub knows mixin models by those tags, and "pytorch" is not one of its libraries);
 - `datasets: [l-lt/LaSOT]` only when the run trained on LaSOT; the bundled procedural sample
   is said to be what it is in the text and in `dataset_revision`;
 - `model-index` with LaSOT success AUC, precision and normalised precision (in %) of the run's
@@ -21,6 +24,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from seqtrack_mlflow.names import HUB_TAGS
+
 PAPER = ("Xin Chen, Houwen Peng, Dong Wang, Huchuan Lu, Han Hu. *SeqTrack: Sequence to Sequence "
          "Learning for Visual Object Tracking*. CVPR 2023. [arXiv:2304.14394]"
          "(https://arxiv.org/abs/2304.14394)")
@@ -29,7 +34,8 @@ LASOT_PAPER = ("Heng Fan et al. *LaSOT: A High-quality Benchmark for Large-scale
                "Tracking*. CVPR 2019. <http://vision.cs.stonybrook.edu/~lasot/>")
 LASOT_DATASET = "l-lt/LaSOT"
 SAMPLE_DATASET = "seqtrack-mlflow/procedural-sample"  # not a Hub dataset: generated locally
-TAGS = ["visual-object-tracking", "single-object-tracking", "seqtrack", "mlflow", "pytorch"]
+MIXIN_TAGS = ("model_hub_mixin", "pytorch_model_hub_mixin")  # what the mixin adds to a model's card
+TAGS = sorted({*HUB_TAGS, *MIXIN_TAGS})
 BIBTEX = """@inproceedings{chen2023seqtrack,
   title     = {SeqTrack: Sequence to Sequence Learning for Visual Object Tracking},
   author    = {Chen, Xin and Peng, Houwen and Wang, Dong and Lu, Huchuan and Hu, Han},
@@ -147,7 +153,7 @@ def _dataset_words(source: str) -> tuple[str, str]:
 
 def metadata(inputs: CardInputs) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(front matter keys, model-index results as EvalResult fields)."""
-    front: dict[str, Any] = {"library_name": "pytorch", "license": "mit", "tags": list(TAGS)}
+    front: dict[str, Any] = {"license": "mit", "tags": list(TAGS)}
     if data_source(inputs.config) == "lasot":
         front["datasets"] = [LASOT_DATASET]
     front["mlflow_run_id"] = inputs.run_id

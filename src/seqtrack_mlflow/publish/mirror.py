@@ -240,7 +240,7 @@ def prepare_upload(run, repo_id: str, workdir: Path) -> tuple[Path, dict[str, An
     manifest = write_manifest(stage, run_id, best, epochs, known)
     inputs = CardInputs(
         repo_id=repo_id, run_id=run_id, run_name=run.info.run_name or "",
-        git_commit=run.data.tags.get("mlflow.source.git.commit", ""),
+        git_commit=run.data.tags.get(names.GIT_COMMIT_TAG, ""),
         config=config, dataset_summary=summary, dataset_revision=dataset_revision(config, summary),
         epochs=epoch_rows(run_id), best_epoch=best, best_reason=reason, checkpoint_epochs=epochs,
         files=manifest["files"], evaluation=evaluation)

@@ -14,6 +14,7 @@ from typing import Any
 
 from seqtrack_mlflow import epoch_ranking
 from seqtrack_mlflow.config import Config
+from seqtrack_mlflow.names import LATEST_ALIAS
 from seqtrack_mlflow.publish import pyfunc_model
 from seqtrack_mlflow.publish.export import export_pretrained
 from seqtrack_mlflow.publish.models import EpochModels, should_log_model
@@ -50,12 +51,14 @@ class Publisher(EpochListener):
             self.uploader.on_checkpoint(epoch, path, epoch_ranking.row_score(history[-1]) if history else None)
 
     def training_finished(self, history: list[dict[str, float]]) -> None:
-        """Register the best logged epoch with the configured alias."""
+        """Register the best logged epoch: `newest` always, the champion alias by the rule of
+        `models.champion_decision`; one log line says what was decided and why."""
         m = self.cfg.mlflow
-        version, epoch, metric, value = self.models.register_best(history, m.registered_model, m.alias)
-        if version:
-            log.info("registered epoch %d (%s %.4f) as %s, alias %s: models:/%s@%s", epoch, metric, value,
-                     version, m.alias, m.registered_model, m.alias)
+        done = self.models.register_best(history, m.registered_model, m.alias, force=m.force_champion)
+        if done is not None:
+            log.info("registered epoch %d (%s %.4f) as %s (alias %s); %s: models:/%s@%s is version %s",
+                     done.epoch, done.metric or "no score", done.value, done.version, LATEST_ALIAS, done.decision,
+                     m.registered_model, m.alias, done.version.rsplit("/", 1)[1] if done.champion else "unchanged")
 
     def close(self, timeout: float) -> list[int]:
         """Wait for the Hub uploads still running; the epochs not on the Hub."""

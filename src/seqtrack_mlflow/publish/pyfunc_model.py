@@ -10,7 +10,9 @@ Input (see `tracking_input`): a DataFrame, one row per frame, in order:
 - `frame`: a file path (JPEG), a `data:image/jpeg;base64,...` string, or an (H, W, 3) uint8 RGB
   array;
 - `x`, `y`, `w`, `h`: the target box of the FIRST row (pixels, top-left x/y); later rows are
-  ignored (NaN is fine).
+  ignored (null, NaN or empty CSV cells are fine).
+The signature types `frame` as a string column, so `mlflow models serve` takes CSV and JSON
+bodies of paths or data URIs; in Python, `predict` also takes arrays in that column.
 Output: a DataFrame with `x`, `y`, `w`, `h` per frame; row 0 is the given box (LaSOT convention).
 
 Frame paths are read only where the operator allows (docs/models.md): a model served by
@@ -59,9 +61,12 @@ def tracking_input(frames: list[Any], box: Any):
     box = [float(v) for v in box]
     if len(box) != 4:
         raise ValueError(f"box must be x, y, w, h; got {box}")
-    rows = [{"frame": f if isinstance(f, np.ndarray) else str(f),
-             **dict(zip(BOX_COLUMNS, box if i == 0 else [float("nan")] * 4))} for i, f in enumerate(frames)]
-    return pd.DataFrame(rows, columns=["frame", *BOX_COLUMNS])
+    frame = pd.DataFrame({"frame": [f if isinstance(f, np.ndarray) else str(f) for f in frames]})
+    # Object columns, so the later rows' missing boxes stay None: JSON null in the input
+    # examples MLflow writes (a float column would hold NaN, which strict JSON rejects).
+    for i, column in enumerate(BOX_COLUMNS):
+        frame[column] = pd.Series([box[i]] + [None] * (len(frames) - 1), dtype=object)
+    return frame
 
 
 def jpeg_data_uri(data: bytes) -> str:

@@ -286,7 +286,7 @@ class Trainer:
         # The epoch's LoggedModel comes before the epoch metrics, so they are logged with its id
         # and the held-out dataset, and the model's page shows them.
         model_id = self.listener.epoch_model(epoch, state, self.history)
-        self.recorder.epoch(epoch, self.history[-1], model_id, path, self.manifest)
+        self.recorder.epoch(epoch, self.history, model_id, path, self.manifest)
         self.listener.checkpoint_logged(epoch, path, self.history)
         self.recorder.stored(path)
         log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from seqtrack_mlflow import names, provenance
+from seqtrack_mlflow import epoch_ranking, names, provenance
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.dataset import dataset_inputs, dataset_source
 from seqtrack_mlflow.data.summary import COUNT_KEYS
@@ -39,7 +39,6 @@ class RunRecorder:
         # the config's resolved values are namespaced, the resolved device has its own name.
         run.log_params({**cfg.flat(), "resolved_device": str(device)})
         run.set_tags({
-            names.GIT_COMMIT_TAG: provenance.git_commit(),
             names.DEVICE_TAG: str(device),
             **{f"{names.TAG_PREFIX}{k}_version": v for k, v in provenance.versions().items()},
             **{f"{names.TAG_PREFIX}{k}": v for k, v in provenance.cpu_facts().items()},
@@ -78,13 +77,15 @@ class RunRecorder:
                               "time/elapsed_seconds": since_start, "time/eta_epoch_seconds": left,
                               "time/samples_per_second": count / max(block_s, 1e-9)}, step=step)
 
-    def epoch(self, epoch: int, row: dict[str, float], model_id: str, path: Path, manifest: Manifest) -> None:
-        """The epoch's metrics (with its LoggedModel and the validation dataset), then the
-        checkpoint and manifest as artifacts. Every metric up to this checkpoint reaches the store
-        before its artifact does: after a kill -9, a resume copies the metrics of the epochs it
-        keeps, so none may be buffered."""
-        self.run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in row.items()}, step=epoch,
+    def epoch(self, epoch: int, history: list[dict[str, float]], model_id: str, path: Path,
+              manifest: Manifest) -> None:
+        """The epoch's metrics (history[-1]; with its LoggedModel and the validation dataset) and
+        the run-level bests so far (`epoch_ranking.run_bests`), then the checkpoint and manifest as
+        artifacts. Every metric up to this checkpoint reaches the store before its artifact does:
+        after a kill -9, a resume copies the metrics of the epochs it keeps, so none may be buffered."""
+        self.run.log_metrics({f"{names.EPOCH_PREFIX}{k}": v for k, v in history[-1].items()}, step=epoch,
                              model_id=model_id, dataset="validation")
+        self.run.log_metrics(epoch_ranking.run_bests(history), step=epoch, dataset="validation")
         self.run.flush(wait=True)
         self.run.log_artifact(path, names.CHECKPOINTS)
         self.run.log_artifact(manifest.path, names.CHECKPOINTS)

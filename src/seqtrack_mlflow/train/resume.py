@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.init", "train.allow_data_change", "train.output_dir", "train.workers", "train.device",
                      "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
                      "hub.private", "mlflow.log_models", "mlflow.registered_model", "mlflow.alias",
+                     "mlflow.force_champion",
                      "mlflow.system_metrics"}
 
 

@@ -1,0 +1,163 @@
+"""The registered model through MLflow's own clients: `mlflow models serve` answering CSV and
+JSON bodies (a real scoring server on 127.0.0.1), and `mlflow models predict` in a virtualenv
+that MLflow builds from the model's requirements and shipped code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from seqtrack_mlflow import cli
+from seqtrack_mlflow.data.lasot import LasotDataset
+from seqtrack_mlflow.data.synthetic import ensure_sample_data
+from seqtrack_mlflow.publish.pyfunc_model import tracking_input
+from tests.tiny import write_tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "models:/seqtrack-lasot@champion"
+SERVER_START_S = 180  # the scoring server imports torch and loads the model first
+
+
+@pytest.fixture
+def champion(tmp_path, monkeypatch) -> tuple[list[str], list[float], list[list[float]]]:
+    """A one-epoch tiny run registered as seqtrack-lasot@champion; (frame paths, first box,
+    the boxes the model predicts for them in this process)."""
+    monkeypatch.setenv("PYTHONHASHSEED", "8")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = write_tiny_config(tmp_path, train={"epochs": 1})
+    assert cli.main(["train", "--config", str(config), "--output-dir", str(tmp_path / "out"), "--device", "cpu",
+                     "--no-system-metrics"]) == 0
+    torch.set_num_threads(threads)
+    seq = LasotDataset(ensure_sample_data(), ("airplane",)).test[0]
+    paths = [str(seq.frame_path(i)) for i in range(4)]
+    box = [float(v) for v in seq.boxes[0]]
+    expected = mlflow.pyfunc.load_model(MODEL).predict(tracking_input(paths, box)).values.tolist()
+    return paths, box, expected
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # uvicorn
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: str, content_type: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _boxes(answer: str) -> list[float]:
+    """The predicted boxes of a scoring answer, flattened (x, y, w, h per frame)."""
+    rows = json.loads(answer)["predictions"]
+    return [row[c] for row in rows for c in ("x", "y", "w", "h")]
+
+
+@pytest.mark.slow
+def test_served_model_answers_csv_and_json_bodies(champion, tmp_path):
+    paths, box, expected = champion
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local",
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the scoring server did not start: " + \
+                (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        url = f"http://127.0.0.1:{port}/invocations"
+        # CSV: frame paths, the box in the first row, empty cells after it
+        csv = "frame,x,y,w,h\n" + "\n".join(f"{p},{','.join(map(str, box))}" if i == 0 else f"{p},,,,"
+                                            for i, p in enumerate(paths)) + "\n"
+        status, answer = _post(url, csv, "text/csv")
+        assert status == 200, answer
+        assert _boxes(answer) == pytest.approx(sum(expected, []))
+        # JSON (dataframe_split), missing boxes as null: what serving_input_example.json holds
+        body = {"dataframe_split": {"columns": ["frame", "x", "y", "w", "h"],
+                                    "data": [[p, *(box if i == 0 else [None] * 4)] for i, p in enumerate(paths)]}}
+        status, answer = _post(url, json.dumps(body), "application/json")
+        assert status == 200, answer
+        assert _boxes(answer) == pytest.approx(sum(expected, []))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()
+
+
+def _python_org_resolves() -> bool:
+    try:
+        socket.getaddrinfo("www.python.org", 443)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pyenv") is None and not Path.home().joinpath(".pyenv/bin/pyenv").exists(),
+                    reason="the virtualenv env manager needs pyenv to build Python")
+@pytest.mark.skipif(not _python_org_resolves(),
+                    reason="`mlflow models predict --env-manager virtualenv` builds CPython with pyenv in a "
+                           "fresh per-process pyenv root, downloading it from www.python.org, which this "
+                           "machine cannot reach")
+def test_predict_rebuilds_the_environment_with_the_virtualenv_manager(champion, tmp_path):
+    """`mlflow models predict` with the default virtualenv manager: it installs the model's
+    requirements.txt from the package index into a fresh virtualenv (no seqtrack_mlflow in it:
+    the package comes from the model's code/), then predicts the frames given as a CSV file."""
+    paths, box, expected = champion
+    (tmp_path / "input.csv").write_text(
+        "frame,x,y,w,h\n" + "\n".join(f"{p},{','.join(map(str, box))}" if i == 0 else f"{p},,,,"
+                                      for i, p in enumerate(paths)) + "\n")
+    env = _env()
+    env.pop("PYTHONPATH")  # the environment MLflow builds must not see this checkout
+    env["PATH"] = os.pathsep.join([str(Path.home() / ".pyenv" / "bin"), env["PATH"]])
+    env["MLFLOW_ENV_ROOT"] = str(tmp_path / "envs")
+    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", MODEL, "-i",
+                           str(tmp_path / "input.csv"), "-t", "csv", "-o", str(tmp_path / "out.json"),
+                           "--env-manager", "virtualenv"], env=env, capture_output=True, text=True,
+                          timeout=1800, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert _boxes((tmp_path / "out.json").read_text()) == pytest.approx(sum(expected, []))
+    [venv_python] = (tmp_path / "envs").glob("virtualenv_envs/*/bin/python")
+    probe = subprocess.run([str(venv_python), "-c", "import importlib.util, torch; "
+                            "print(importlib.util.find_spec('seqtrack_mlflow') is None, torch.__version__)"],
+                           capture_output=True, text=True, check=True, env={"PATH": env["PATH"]})
+    assert probe.stdout.split()[0] == "True"  # the package came with the model, not from an install
+    assert MlflowClient().get_model_version_by_alias("seqtrack-lasot", "champion")
