@@ -46,36 +46,9 @@ def check_pretrained(cfg: Config) -> None:
 def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
     """Train `cfg` in one MLflow run, always closed; returns the report (main rank) or ''.
     Raises SystemExit-free: StopRequested for a signal, the original error for a failure."""
-    device = resolve_device(cfg.train.device)
-    cfg = resolve_precision(cfg, device)
-    check_precision(device, cfg.train.precision)  # before a run exists
-    info = distributed.init(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    seed_everything(cfg.seed)
-    check_init_config(cfg)  # --init with --resume: refused before anything is read
-    # The resume state is checked before the run is created: a bad --resume makes no run.
-    resume = load_resume_state(cfg) if cfg.train.resume else None
-    dataset, data_changed = None, ""
-    if resume is not None:  # the data it continues on, checked against the checkpoint's
-        try:
-            dataset = open_dataset(cfg.data)
-            data_changed = check_resume_data(resume, fingerprint(dataset), cfg)
-        except BaseException:
-            resume.remove_download()
-            raise
-    init = load_init(cfg) if cfg.train.init.strip() else None  # likewise a bad --init
-    if cfg.model.pretrained:  # a bad weights file, too, stops before a run exists
-        check_pretrained(cfg)
-    run = (experiment.TrainingRun(run_name, experiment_name, system_metrics=cfg.mlflow.system_metrics).start()
-           if info.is_main
-           else experiment.NullRun())
-    if info.is_main:
-        log.info("MLflow run %s (tracking %s)", run.run_id, experiment.tracking_uri())
-        log.info("device: %s%s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
-                 + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
-                 f", {info.world} processes" if info.enabled else "")
+    cfg, device, info = _prepare_process(cfg)
+    resume, init, dataset, data_changed = _checked_sources(cfg)  # a bad input makes no run
+    run = _start_run(cfg, run_name, experiment_name, device, info)
     ckpt_dir = Path(cfg.train.output_dir) / run.run_id / names.CHECKPOINTS
     publisher = None
     try:
@@ -97,37 +70,22 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
                     resume.remove_download()  # its checkpoints are in this run's folder by now
             trainer.fit()
     except StopRequested as exc:
-        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
-        how = (f"epoch {exc.epoch} will restart from the last complete checkpoint ({done[1]}): resume with "
-               f"--resume {run.run_id}" if done
-               else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
+        name = signal.Signals(exc.signum).name
         log.error("stopped by %s after finishing the current step (epoch %d, %d samples); run %s marked "
-                  "KILLED; %s", signal.Signals(exc.signum).name, exc.epoch, exc.samples, run.run_id, how)
-        with signals_deferred():
-            run.end("KILLED", error=f"stopped by {signal.Signals(exc.signum).name}")
+                  "KILLED; %s", name, exc.epoch, exc.samples, run.run_id,
+                  _resume_hint(ckpt_dir, info, run.run_id, f"epoch {exc.epoch} will restart from the last "
+                               "complete checkpoint ({path}): resume with --resume {run_id}"))
+        _end(run, "KILLED", f"stopped by {name}")
         raise
     except KeyboardInterrupt:
-        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
         log.error("interrupted: run %s marked KILLED; %s", run.run_id,
-                  f"resume with --resume {run.run_id} (epoch {done[0]} is complete)" if done
-                  else "it stopped before its first checkpoint, so there is nothing to resume: start it again")
-        with signals_deferred():
-            run.end("KILLED", error="interrupted (KeyboardInterrupt)")
+                  _resume_hint(ckpt_dir, info, run.run_id,
+                               "resume with --resume {run_id} (epoch {epoch} is complete)"))
+        _end(run, "KILLED", "interrupted (KeyboardInterrupt)")
         raise
     except BaseException as exc:
         lost = distributed.peer_lost(exc, info)
-        if lost is not None:
-            exc = lost
-        text = first_line(exc) if isinstance(exc, SeqTrackError) else str(exc)
-        log.error("training failed: %s: %s", type(exc).__name__, text)
-        done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
-        if done:
-            log.error("complete checkpoints are kept in %s; continue with --resume %s", ckpt_dir, run.run_id)
-        elif ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
-            ckpt_dir.rmdir()  # a failed start leaves no empty folder behind
-        # Our errors are one line by design; the tag holds that line, not a traceback.
-        with signals_deferred():
-            run.end("FAILED", error=f"{type(exc).__name__}: {text}")
+        _close_failed(lost or exc, run, ckpt_dir, info)
         if lost is not None:
             raise lost from None
         raise
@@ -139,3 +97,76 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
             log.warning("epochs %s are not on the Hub yet: run `mirror --run-id %s`", missing, run.run_id)
     run.end("FINISHED")
     return getattr(trainer, "report_text", "")
+
+
+def _prepare_process(cfg: Config) -> tuple[Config, torch.device, distributed.DistInfo]:
+    """Device, precision (resolved and checked), the process group, every seed."""
+    device = resolve_device(cfg.train.device)
+    cfg = resolve_precision(cfg, device)
+    check_precision(device, cfg.train.precision)  # before a run exists
+    info = distributed.init(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+    return cfg, device, info
+
+
+def _checked_sources(cfg: Config):
+    """What the run starts from, each checked before the MLflow run exists: the resume state (and
+    the data it continues on against the checkpoint's), the --init weights, pretrained weights.
+    (resume, init, the opened dataset or None, the data-change note or '')."""
+    check_init_config(cfg)  # --init with --resume: refused before anything is read
+    resume = load_resume_state(cfg) if cfg.train.resume else None
+    dataset, data_changed = None, ""
+    if resume is not None:
+        try:
+            dataset = open_dataset(cfg.data)
+            data_changed = check_resume_data(resume, fingerprint(dataset), cfg)
+        except BaseException:
+            resume.remove_download()
+            raise
+    init = load_init(cfg) if cfg.train.init.strip() else None
+    if cfg.model.pretrained:
+        check_pretrained(cfg)
+    return resume, init, dataset, data_changed
+
+
+def _start_run(cfg: Config, run_name: str, experiment_name: str, device: torch.device,
+               info: distributed.DistInfo):
+    """The MLflow run (main rank) or a NullRun (other ranks), and the lines that name it."""
+    if not info.is_main:
+        return experiment.NullRun()
+    run = experiment.TrainingRun(run_name, experiment_name, system_metrics=cfg.mlflow.system_metrics).start()
+    log.info("MLflow run %s (tracking %s)", run.run_id, experiment.tracking_uri())
+    log.info("device: %s%s%s", device, "" if cfg.train.device != "auto" else " (auto: CUDA "
+             + ("available)" if device.type == "cuda" else "not available, CPU fallback)"),
+             f", {info.world} processes" if info.enabled else "")
+    return run
+
+
+def _resume_hint(ckpt_dir: Path, info: distributed.DistInfo, run_id: str, template: str) -> str:
+    """`template` filled with the newest verified checkpoint ({epoch}, {path}, {run_id}), or the
+    words for a run that has none: a resume is advertised only when it can succeed."""
+    done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
+    if not done:
+        return "it stopped before its first checkpoint, so there is nothing to resume: start it again"
+    return template.format(epoch=done[0], path=done[1], run_id=run_id)
+
+
+def _close_failed(exc: BaseException, run, ckpt_dir: Path, info: distributed.DistInfo) -> None:
+    """One error line, where the checkpoints are (or no empty folder left), the run FAILED."""
+    text = first_line(exc) if isinstance(exc, SeqTrackError) else str(exc)
+    log.error("training failed: %s: %s", type(exc).__name__, text)
+    done = newest_verified_checkpoint(ckpt_dir) if info.is_main else None
+    if done:
+        log.error("complete checkpoints are kept in %s; continue with --resume %s", ckpt_dir, run.run_id)
+    elif ckpt_dir.is_dir() and not any(ckpt_dir.iterdir()):
+        ckpt_dir.rmdir()  # a failed start leaves no empty folder behind
+    # Our errors are one line by design; the tag holds that line, not a traceback.
+    _end(run, "FAILED", f"{type(exc).__name__}: {text}")
+
+
+def _end(run, status: str, error: str) -> None:
+    with signals_deferred():  # a second signal must not interrupt writing the run's final state
+        run.end(status, error=error)

@@ -145,6 +145,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     keys of `data_overrides` (the flags given) changed; `cfg` gives the tracker, device and
     output folder (its data section is not used). Returns the metrics.json content plus
     mlflow_run_id, epoch and data (a line naming the data)."""
+    # One evaluation in the order a reader follows it: checkpoint, data, tracking, records.
     device = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory(prefix="seqtrack-eval-") as tmp:
         choice = choose_checkpoint(run_id, checkpoint, epoch, Path(tmp), experiment_name)
@@ -159,14 +160,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
     cfg = dataclasses.replace(cfg, data=scored.data)
     log.info("evaluation data: %s", scored.describe())
     tcfg = tracker_config(trained, cfg.track)
-    key = f"{choice.run_id}_epoch{ckpt_epoch}" if choice.run_id else f"ckpt-{digest[:12]}"
-    key += f"_{cfg.data.source}"  # sample and LaSOT share sequence names
-    # The tracker settings name the folder too, so finished results are only read back by a
-    # tracker that would have produced them (folders of earlier versions lack the geometry).
-    key += f"_{cfg.track.geometry}"
-    if dataclasses.replace(cfg.track, geometry=OFFICIAL_GEOMETRY) != load_config().track:
-        key += f"-{hashlib.sha256(repr(cfg.track).encode()).hexdigest()[:8]}"
-    out = Path(cfg.train.output_dir) / names.EVALUATION / key
+    out = results_folder(cfg, choice.run_id, ckpt_epoch, digest)
     log.info("evaluating %s (epoch %d, %s) on %s into %s", choice.run_id or choice.path, ckpt_epoch,
              choice.reason, device, out)
 
@@ -201,10 +195,7 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
                  else f"{choice.path.name} (epoch {ckpt_epoch})")
         write_outputs(out, report, choice, ckpt_epoch, tcfg, sequences, results, title)
         step = max(ckpt_epoch, 0)
-        overall = {f"{names.EVAL_PREFIX}{k}": v for k, v in report["overall"].items() if k in names.EVAL_METRICS}
-        metrics = dict(overall)
-        for name, s in report["sequences"].items():
-            metrics.update({f"{names.EVAL_PREFIX}{name}/{k}": v for k, v in s.items() if k in names.EVAL_METRICS})
+        overall, metrics = eval_metrics(report)
         run.log_metrics(metrics, step=step)
         run.log_table(sequence_table(report), f"{names.EVALUATION}/sequences.json")
         run.log_artifacts(out, names.EVALUATION)
@@ -216,6 +207,27 @@ def evaluate(cfg: Config, run_id: str = "", checkpoint: str = "", epoch: str = "
         report["epoch"] = ckpt_epoch
         report["data"] = scored.describe()
     return report
+
+
+def results_folder(cfg: Config, run_id: str, epoch: int, digest: str) -> Path:
+    """<output_dir>/evaluation/<key>: `<run id>_epoch<N>` or `ckpt-<sha256 prefix>`, then the data
+    source (sample and LaSOT share sequence names) and the tracker geometry, then a hash of the
+    other `track.*` settings when they differ from the defaults: finished results are only read
+    back by a tracker that would have produced them."""
+    key = f"{run_id}_epoch{epoch}" if run_id else f"ckpt-{digest[:12]}"
+    key += f"_{cfg.data.source}_{cfg.track.geometry}"
+    if dataclasses.replace(cfg.track, geometry=OFFICIAL_GEOMETRY) != load_config().track:
+        key += f"-{hashlib.sha256(repr(cfg.track).encode()).hexdigest()[:8]}"
+    return Path(cfg.train.output_dir) / names.EVALUATION / key
+
+
+def eval_metrics(report: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(overall eval/* metrics, those plus eval/<sequence>/* per sequence) of a scored report."""
+    overall = {f"{names.EVAL_PREFIX}{k}": v for k, v in report["overall"].items() if k in names.EVAL_METRICS}
+    metrics = dict(overall)
+    for name, scores in report["sequences"].items():
+        metrics.update({f"{names.EVAL_PREFIX}{name}/{k}": v for k, v in scores.items() if k in names.EVAL_METRICS})
+    return overall, metrics
 
 
 def track_with_progress(tracker: SeqTrackTracker, sequences: list, results_dir: Path) -> list[SequenceResult]:
