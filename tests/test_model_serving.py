@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
 from seqtrack_mlflow.data.synthetic import ensure_sample_data
-from seqtrack_mlflow.publish.pyfunc_model import tracking_input
+from seqtrack_mlflow.publish.pyfunc_model import FRAME_ROOTS_ENV, tracking_input
+from tests.servers import free_port, wait_until_up
 from tests.tiny import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +57,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: str, content_type: str) -> tuple[int, str]:
     request = urllib.request.Request(url, data=body.encode(), headers={"Content-Type": content_type})
     try:
@@ -81,24 +75,15 @@ def _boxes(answer: str) -> list[float]:
 @pytest.mark.slow
 def test_served_model_answers_csv_and_json_bodies(champion, tmp_path):
     paths, box, expected = champion
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
+    # The operator lets the served model read the sample's frames (it reads no path otherwise).
+    env = {**_env(), FRAME_ROOTS_ENV: str(Path(paths[0]).parents[2])}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the scoring server did not start: " + \
-                (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, SERVER_START_S, tmp_path / "serve.log")
         url = f"http://127.0.0.1:{port}/invocations"
         # CSV: frame paths, the box in the first row, empty cells after it
         csv = "frame,x,y,w,h\n" + "\n".join(f"{p},{','.join(map(str, box))}" if i == 0 else f"{p},,,,"

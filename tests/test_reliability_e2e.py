@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from seqtrack_mlflow.train.checkpoint import load_checkpoint
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
 from .conftest import REPO, reset_active_experiment
+from .servers import free_port, wait_until_up
 from .test_trainer import DETERMINISTIC_METRICS, assert_same_tensors
 from .tiny import write_tiny_config
 
@@ -265,15 +264,9 @@ def test_two_trainers_on_one_sqlite_store_and_a_resume_beside_a_new_run(tmp_path
 
 
 # -- a tracking server ----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tracking_server_then_the_server_goes_away_mid_run(tmp_path, tiny, reference, empty_tracking_db):
     shutil.copy(empty_tracking_db, tmp_path / "server.db")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = open(tmp_path / "server.log", "wb")
     server = subprocess.Popen(
@@ -282,16 +275,7 @@ def test_tracking_server_then_the_server_goes_away_mid_run(tmp_path, tiny, refer
          "--workers", "1"], cwd=tmp_path, stdout=server_log, stderr=subprocess.STDOUT, env=child_env(),
         start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.3)
+        wait_until_up(f"{url}/health", server, 120, tmp_path / "server.log")
         client = MlflowClient(url)
         exp_id = client.create_experiment("team")  # artifacts proxied: mlflow-artifacts:/...
         env = {"MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "team",

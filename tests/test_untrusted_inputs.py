@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from seqtrack_mlflow.presets import read_yaml
 from seqtrack_mlflow.publish import export, pyfunc_model
 from seqtrack_mlflow.publish.models import signature
 from seqtrack_mlflow.track.tracker import SeqTrackTracker, TrackerConfig, track_frames
+from tests.servers import free_port, wait_until_up
 from tests.tiny import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,34 +127,20 @@ def test_frame_roots_allow_paths_under_them_only(saved_model, tmp_path, monkeypa
     assert len(plain.predict(pyfunc_model.tracking_input([root / f.name for f in frames], box))) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_refuses_server_files_without_detail(saved_model, tmp_path):
     """A real scoring server on 127.0.0.1 asked for /etc/passwd, /dev/zero and a FIFO: each reply
     is the same one line, with no stack trace, and comes back at once."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", None)
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(saved_model), "-h",
                                "127.0.0.1", "-p", str(port), "--env-manager", "local", "--workers", "1"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5).read()
-                break
-            except OSError:
-                assert server.poll() is None, "the scoring server exited"
-                assert time.monotonic() < deadline, "the scoring server did not start"
-                time.sleep(1)
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server, 180)
         frames, box = _frames(1)
         first = "data:image/jpeg;base64," + base64.b64encode(frames[0].read_bytes()).decode()
         replies = []
