@@ -92,7 +92,7 @@ class Team:
 
 @pytest.fixture(scope="session")
 def team():
-    """The session's team server (see the module docstring)."""
+    """The test run's team server (see the module docstring)."""
     missing = [m for m in ("psycopg2", "flask_wtf") if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"team server tests need {', '.join(missing)} (pip install -e '.[test]')")
