@@ -149,32 +149,11 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 t_epoch = time.perf_counter()
                 train_loss = self.train_epoch(epoch)
-                if self.is_main:
-                    val_iou = validation_iou(self.model, val_samples, cfg, self.device)
-                    best = max([h[names.ROW_VAL_IOU] for h in self.history] + [val_iou])
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
                 if cfg.train.schedule == "step":
                     self.scheduler.step()  # StepLR counted in epochs
                 if self.is_main:
-                    def epoch_row(tracking: dict[str, float]) -> dict[str, float]:
-                        return {names.ROW_TRAIN_LOSS: train_loss, names.ROW_VAL_IOU: val_iou,
-                                names.ROW_BEST_VAL_IOU: best, **{f"val_{k}": v for k, v in tracking.items()},
-                                names.ROW_SECONDS: time.perf_counter() - t_epoch, names.ROW_LR: lr,
-                                names.ROW_SKIPPED: float(self.skipped)}
-
-                    # The epoch's checkpoint is written before the held-out tracking, which reads
-                    # whole videos and can fail on their data: a failure there never loses the epoch.
-                    self.history.append(epoch_row({}))
-                    state, path = self.write_checkpoint(epoch)
-                    tracking = track_held_out(self.model, self.dataset, cfg, self.device)
-                    if tracking:  # the same checkpoint again, its last row now with the tracking scores
-                        self.history[-1] = epoch_row(tracking)
-                        state, path = self.write_checkpoint(epoch)
-                    row = self.history[-1]
-                    log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline "
-                             "%.4f)%s, %.1f s", epoch, train_loss, val_iou, best, self.no_motion_iou,
-                             f", tracking AUC {tracking['auc']:.4f}" if tracking else "", row[names.ROW_SECONDS])
-                    self.publish_checkpoint(epoch, state, path)
+                    self.end_epoch(epoch, train_loss, lr, val_samples, t_epoch)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
             if self.is_main:
@@ -188,6 +167,31 @@ class Trainer:
         # The ranks leave together: one that destroys the process group while rank 0 still
         # writes the report and registers the model can abort in gloo (seen: exit -6).
         distributed.barrier(self.dist)
+
+    def end_epoch(self, epoch: int, train_loss: float, lr: float, val_samples, t_epoch: float) -> None:
+        """Validate, write the checkpoint, track the held-out sequences, publish (main rank)."""
+        cfg = self.cfg
+        val_iou = validation_iou(self.model, val_samples, cfg, self.device)
+        best = max([h[names.ROW_VAL_IOU] for h in self.history] + [val_iou])
+
+        def epoch_row(tracking: dict[str, float]) -> dict[str, float]:
+            return {names.ROW_TRAIN_LOSS: train_loss, names.ROW_VAL_IOU: val_iou, names.ROW_BEST_VAL_IOU: best,
+                    **{f"val_{k}": v for k, v in tracking.items()},
+                    names.ROW_SECONDS: time.perf_counter() - t_epoch, names.ROW_LR: lr,
+                    names.ROW_SKIPPED: float(self.skipped)}
+
+        # The epoch's checkpoint is written before the held-out tracking, which reads whole
+        # videos and can fail on their data: a failure there never loses the epoch.
+        self.history.append(epoch_row({}))
+        state, path = self.write_checkpoint(epoch)
+        tracking = track_held_out(self.model, self.dataset, cfg, self.device)
+        if tracking:  # the same checkpoint again, its last row now with the tracking scores
+            self.history[-1] = epoch_row(tracking)
+            state, path = self.write_checkpoint(epoch)
+        log.info("epoch %d: train loss %.6f, val IoU %.4f (best %.4f, no-motion baseline %.4f)%s, %.1f s",
+                 epoch, train_loss, val_iou, best, self.no_motion_iou,
+                 f", tracking AUC {tracking['auc']:.4f}" if tracking else "", self.history[-1][names.ROW_SECONDS])
+        self.publish_checkpoint(epoch, state, path)
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
