@@ -116,7 +116,9 @@ def test_epoch_models_alias_pyfunc_system_metrics_and_evaluation(tmp_path, monke
     # shipped beside it, input examples in strict JSON (missing boxes as null)
     folder = Path(mlflow.artifacts.download_artifacts(f"models:/{by_epoch[best].model_id}", dst_path=str(tmp_path / "m")))
     requirements = (folder / "requirements.txt").read_text().split()
-    assert {r.split("==")[0] for r in requirements} >= {"torch", "mlflow", "huggingface_hub", "safetensors"}
+    # everything the model's code imports when it loads and predicts (cv2: the crops)
+    assert {r.split("==")[0] for r in requirements} >= {"torch", "mlflow", "huggingface_hub", "safetensors", "numpy",
+                                                        "pandas", "pillow", "pyyaml", "opencv-python-headless"}
     assert all("==" in r and "+" not in r for r in requirements), requirements
     assert (folder / "code" / "seqtrack_mlflow" / "model" / "seqtrack.py").is_file()
     assert (folder / "code" / "seqtrack_mlflow" / "model" / "official_keys.txt").is_file()

@@ -18,7 +18,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from seqtrack_mlflow import cli
 from seqtrack_mlflow.data.lasot import LasotDataset
@@ -107,42 +106,63 @@ def test_served_model_answers_csv_and_json_bodies(champion, tmp_path):
         log.close()
 
 
-def _python_org_resolves() -> bool:
+def _local_wheel_dirs() -> list[str]:
+    """The folders of pip's find-links (PIP_FIND_LINKS, else pip's config) that hold the wheel of
+    the running torch: a local CPU build that uv can take instead of PyPI's CUDA one."""
+    folders = os.environ.get("PIP_FIND_LINKS", "").split()
+    if not folders:
+        done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+                              capture_output=True, text=True, check=False)
+        folders = done.stdout.split() if done.returncode == 0 else []
+    wheel = f"torch-{torch.__version__}-*.whl"
+    return [f for f in folders if Path(f).is_dir() and any(Path(f).glob(wheel))]
+
+
+def _uv() -> str | None:
     try:
-        socket.getaddrinfo("www.python.org", 443)
-        return True
-    except OSError:
-        return False
+        import uv
+    except ImportError:
+        return shutil.which("uv")
+    return uv.find_uv_bin()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("pyenv") is None and not Path.home().joinpath(".pyenv/bin/pyenv").exists(),
-                    reason="the virtualenv env manager needs pyenv to build Python")
-@pytest.mark.skipif(not _python_org_resolves(),
-                    reason="`mlflow models predict --env-manager virtualenv` builds CPython with pyenv in a "
-                           "fresh per-process pyenv root, downloading it from www.python.org, which this "
-                           "machine cannot reach")
-def test_predict_rebuilds_the_environment_with_the_virtualenv_manager(champion, tmp_path):
-    """`mlflow models predict` with the default virtualenv manager: it installs the model's
-    requirements.txt from the package index into a fresh virtualenv (no seqtrack_mlflow in it:
-    the package comes from the model's code/), then predicts the frames given as a CSV file."""
-    paths, box, expected = champion
-    (tmp_path / "input.csv").write_text(
-        "frame,x,y,w,h\n" + "\n".join(f"{p},{','.join(map(str, box))}" if i == 0 else f"{p},,,,"
-                                      for i, p in enumerate(paths)) + "\n")
+@pytest.mark.skipif(_uv() is None, reason="`--env-manager uv` needs uv (the `test` extra installs it)")
+@pytest.mark.skipif(not _local_wheel_dirs(),
+                    reason=f"no local wheel of torch {torch.__version__} in pip's find-links: uv would take "
+                           "torch from PyPI, a multi-GB CUDA build on Linux")
+def test_predict_rebuilds_the_environment_from_the_model_files(champion, tmp_path):
+    """`mlflow models predict --env-manager uv` on the model's serving_input_example.json: MLflow
+    builds a fresh virtualenv of the model's python_env.yaml Python with uv and installs the
+    model's requirements.txt from the package index into it (no seqtrack_mlflow there: the
+    package comes from the model's code/), then predicts; the boxes equal the in-process ones.
+
+    uv, not the virtualenv manager: `mlflow models predict --env-manager virtualenv` installs
+    CPython with pyenv into a new pyenv root per call (`pyenv install` downloads the source from
+    www.python.org), which machines reaching only the package registries cannot do; uv takes the
+    installed interpreter of the same version (the running one's base, put on PATH) and is told
+    never to download one. torch is constrained to the running build and found in pip's local
+    find-links folder, so uv never downloads a CUDA torch."""
+    from mlflow.artifacts import download_artifacts
+
+    model = mlflow.pyfunc.load_model(MODEL)
+    expected = model.predict(model.input_example).values.tolist()
+    example = Path(download_artifacts(f"{MODEL}/serving_input_example.json", dst_path=str(tmp_path)))
+    (tmp_path / "constraints.txt").write_text(f"torch=={torch.__version__}\n")
     env = _env()
     env.pop("PYTHONPATH")  # the environment MLflow builds must not see this checkout
-    env["PATH"] = os.pathsep.join([str(Path.home() / ".pyenv" / "bin"), env["PATH"]])
-    env["MLFLOW_ENV_ROOT"] = str(tmp_path / "envs")
-    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", MODEL, "-i",
-                           str(tmp_path / "input.csv"), "-t", "csv", "-o", str(tmp_path / "out.json"),
-                           "--env-manager", "virtualenv"], env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    env["PATH"] = os.pathsep.join([str(Path(_uv()).parent), str(Path(sys.base_prefix) / "bin"), env["PATH"]])
+    env.update(UV_FIND_LINKS=" ".join(_local_wheel_dirs()), UV_CONSTRAINT=str(tmp_path / "constraints.txt"),
+               UV_PYTHON_DOWNLOADS="never", UV_CACHE_DIR=str(REPO / ".pytest_cache" / "uv-cache"),
+               TMPDIR=str(tmp_path))  # MLflow builds the environment in a temporary folder
+    done = subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", MODEL, "-i", str(example),
+                           "-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "uv"],
+                          env=env, capture_output=True, text=True, timeout=1800, check=False)
+    log = done.stdout + done.stderr
+    (tmp_path / "predict.log").write_text(log)
+    assert done.returncode == 0, log[-4000:]
     assert _boxes((tmp_path / "out.json").read_text()) == pytest.approx(sum(expected, []))
-    [venv_python] = (tmp_path / "envs").glob("virtualenv_envs/*/bin/python")
-    probe = subprocess.run([str(venv_python), "-c", "import importlib.util, torch; "
-                            "print(importlib.util.find_spec('seqtrack_mlflow') is None, torch.__version__)"],
-                           capture_output=True, text=True, check=True, env={"PATH": env["PATH"]})
-    assert probe.stdout.split()[0] == "True"  # the package came with the model, not from an install
-    assert MlflowClient().get_model_version_by_alias("seqtrack-lasot", "champion")
+    installed = {line.split()[1].split("==")[0]: line.split("==")[1] for line in log.splitlines()
+                 if line.startswith(" + ") and "==" in line}  # uv's list of what it installed
+    assert installed["torch"] == torch.__version__ and installed["mlflow"] == mlflow.__version__, log[-4000:]
+    assert "seqtrack-mlflow" not in installed and not any(p.startswith("nvidia-") for p in installed)

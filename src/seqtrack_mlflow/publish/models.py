@@ -175,8 +175,10 @@ def signature():
 
 
 # What the pyfunc imports when it loads and predicts (seqtrack_mlflow itself travels with the
-# model as code/seqtrack_mlflow: `code_paths`, put first on sys.path by MLflow when it loads).
-MODEL_PACKAGES = ("torch", "numpy", "mlflow", "pandas", "safetensors", "huggingface_hub", "pillow", "pyyaml")
+# model as code/seqtrack_mlflow: `code_paths`, put first on sys.path by MLflow when it loads):
+# cv2 for the crops (geometry), simplejpeg for the JPEG decoder the model was validated with.
+MODEL_PACKAGES = ("torch", "numpy", "mlflow", "pandas", "safetensors", "huggingface_hub", "pillow", "pyyaml",
+                  "opencv-python-headless", "simplejpeg")
 
 
 def pip_requirements() -> list[str]:
