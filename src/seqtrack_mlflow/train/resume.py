@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from seqtrack_mlflow import experiment, names
+from seqtrack_mlflow import epoch_ranking, experiment, names
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.errors import CheckpointError, ConfigError, DataError, TrackingError
 from seqtrack_mlflow.model.load import checkpoint_config
@@ -278,8 +278,10 @@ def adopt_earlier_epochs(resume: ResumeState, run: "experiment.TrainingRun", man
         run.store_once(dst, names.CHECKPOINTS)
     run.log_artifact(manifest.path, names.CHECKPOINTS)
     log_path.write_text(resume.progress_log())
-    for k, metrics in enumerate(resume.state["metrics"], start=1):
+    history = resume.state["metrics"]
+    for k, metrics in enumerate(history, start=1):  # the epoch rows and run-level bests, as logged then
         run.log_metrics({f"{names.EPOCH_PREFIX}{key}": v for key, v in metrics.items()}, step=k)
+        run.log_metrics(epoch_ranking.run_bests(history[:k]), step=k)
     blocks: dict[str, list[tuple[int, float]]] = {names.TRAIN_LOSS: [], names.TRAIN_IOU: []}
     if resume.source_run_id and not resume.in_store:
         log.info("run %s is not in tracking store %s: its per-block metrics are not copied; the new run "
