@@ -131,6 +131,27 @@ def test_a_lost_ddp_peer_is_one_line(exc):
     assert peer_lost(ValueError("x"), DistInfo(0, 2, 0)) is None
 
 
+@pytest.mark.parametrize("redeliver", [True, False])
+def test_a_signal_while_a_run_is_closed_waits_for_the_close(redeliver):
+    """Sent from another thread (the kernel may hand a process-wide signal to any thread), it is
+    held until the block ends, then delivered (or dropped, after a lost DDP peer)."""
+    from seqtrack_mlflow.train.signals import signals_deferred
+
+    got: list[int] = []
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: got.append(signum))
+    try:
+        with signals_deferred(redeliver=redeliver):
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGHUP))
+            sender.start()
+            sender.join()
+            time.sleep(0.05)  # the main thread runs Python signal handlers between bytecodes
+            assert got == []
+        time.sleep(0.05)
+        assert got == ([signal.SIGHUP] if redeliver else [])
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
 # -- 5 / 6. training end to end ---------------------------------------------------------------------
 @pytest.fixture
 def in_process(monkeypatch):
