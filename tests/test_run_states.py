@@ -5,9 +5,17 @@ retried for a bounded time, a lost DDP peer as one line, held-out tracking after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -121,6 +129,27 @@ def test_a_lost_ddp_peer_is_one_line(exc):
     assert isinstance(lost, PeerLost) and "\n" not in str(lost) and "2-process run" in str(lost)
     assert peer_lost(exc, DistInfo()) is None  # one process: not a peer problem
     assert peer_lost(ValueError("x"), DistInfo(0, 2, 0)) is None
+
+
+@pytest.mark.parametrize("redeliver", [True, False])
+def test_a_signal_while_a_run_is_closed_waits_for_the_close(redeliver):
+    """Sent from another thread (the kernel may hand a process-wide signal to any thread), it is
+    held until the block ends, then delivered (or dropped, after a lost DDP peer)."""
+    from seqtrack_mlflow.train.signals import signals_deferred
+
+    got: list[int] = []
+    old = signal.signal(signal.SIGHUP, lambda signum, frame: got.append(signum))
+    try:
+        with signals_deferred(redeliver=redeliver):
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGHUP))
+            sender.start()
+            sender.join()
+            time.sleep(0.05)  # the main thread runs Python signal handlers between bytecodes
+            assert got == []
+        time.sleep(0.05)
+        assert got == ([signal.SIGHUP] if redeliver else [])
+    finally:
+        signal.signal(signal.SIGHUP, old)
 
 
 # -- 5 / 6. training end to end ---------------------------------------------------------------------
@@ -246,3 +275,156 @@ def test_interrupted_before_a_checkpoint_never_says_resume_with(tmp_path, in_pro
         _train(tmp_path, expect=130, train={"epochs": 1})
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "nothing to resume" in text and "resume with" not in text
+
+
+# -- end to end in subprocesses: a FIFO frame, a killed DDP rank, a silent server, a sqlite lock ----
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _run(run_id: str):
+    return MlflowClient().get_run(run_id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fifo, skip", [("bicycle/bicycle-3/img/00000007.jpg", False),
+                                        ("bicycle/bicycle-3/img/00000007.jpg", True),
+                                        ("bicycle/bicycle-3/groundtruth.txt", False)],
+                         ids=["frame", "frame-skipped", "annotation"])
+def test_a_fifo_in_a_local_lasot_copy_never_hangs_training(tmp_path, fifo, skip):
+    """One training frame (or annotation file) of a local LaSOT copy is a FIFO nobody writes to:
+    one `error:` line naming it (or, with --skip-bad-sequences, the draw is made again and the
+    run finishes), well within the bound; a read of the FIFO would block forever."""
+    from .datatrees import make_lasot_tree
+    from .test_reliability_e2e import Child, run_ids, train_args
+
+    root = make_lasot_tree(tmp_path / "lasot")
+    (root / fifo).unlink()
+    os.mkfifo(root / fifo)
+    config = write_tiny_config(tmp_path, train={"epochs": 1})
+    before = run_ids()
+    child = Child(tmp_path / "child", train_args(config, tmp_path / "out", "--data", "lasot", "--data-dir",
+                                                 str(root), *(["--skip-bad-sequences"] if skip else [])))
+    rc = child.wait(timeout=120)  # fails the test (and kills the child) if it hangs
+    assert "Traceback" not in child.stderr
+    new = run_ids() - before
+    if skip:
+        assert rc == 0, child.stderr[-3000:]
+        (run_id,) = new
+        skipped = MlflowClient().get_metric_history(run_id, names.EPOCH_PREFIX + names.ROW_SKIPPED)
+        assert _run(run_id).info.status == "FINISHED" and skipped and skipped[-1].value >= 1
+        return
+    assert rc == 2, child.stderr[-3000:]
+    (line,) = _error_lines(child.stderr)
+    # a frame by its full path; the annotation as the local copy's check names it
+    assert (str(root / fifo) if fifo.endswith(".jpg") else "bicycle-3/groundtruth.txt") in line
+    assert "not a regular file" in line
+    for run_id in new:  # the annotation is read before a run exists; a frame only in training
+        assert _run(run_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_killed_ddp_rank_ends_the_run_failed_with_one_line(tmp_path):
+    """`train --nproc 2` (gloo, CPU): rank 1 is killed with SIGKILL mid-epoch. torchrun sends
+    rank 0 SIGTERM at once; rank 0 still closes the run FAILED and prints one `error:` line."""
+    import psutil
+
+    from .test_reliability_e2e import Child, run_ids, train_args
+
+    config = write_tiny_config(tmp_path, train={"epochs": 3})
+    before = run_ids()
+    child = Child(tmp_path / "child", train_args(config, tmp_path / "out", "--nproc", "2"))
+    child.wait_for(lambda: "Epoch 1 : 16 / 40 samples" in child.stdout, "the first progress block")
+    workers = {p.environ().get("RANK"): p for p in psutil.Process(child.proc.pid).children(recursive=True)
+               if "seqtrack_mlflow" in " ".join(p.cmdline())}
+    workers["1"].send_signal(signal.SIGKILL)
+    assert child.wait(timeout=120) != 0
+    (run_id,) = run_ids() - before
+    run = _run(run_id)
+    assert run.info.status == "FAILED", child.stderr[-3000:]
+    assert run.data.tags[names.ERROR_TAG].startswith("PeerLost: another training process")
+    (line,) = _error_lines(child.stderr)
+    assert "another training process of this 2-process run stopped" in line
+    assert "exitcode  : 2 " in child.stderr  # rank 0 ended by its own error, not by torchrun's SIGTERM
+
+
+@pytest.fixture
+def silent_server():
+    """127.0.0.1:<port> accepting connections and never answering; yields (port, connections)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1], held
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_never_answers_is_one_line_within_90_s(tmp_path, silent_server):
+    from .test_reliability_e2e import Child, train_args
+
+    port, held = silent_server
+    config = write_tiny_config(tmp_path, train={"epochs": 1})
+    start = time.monotonic()
+    child = Child(tmp_path / "child", train_args(config, tmp_path / "out"),
+                  MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    rc = child.wait(timeout=150)
+    elapsed = time.monotonic() - start
+    assert rc == 2 and held, child.stderr[-3000:]
+    (line,) = _error_lines(child.stderr)
+    assert f"MLflow tracking at http://127.0.0.1:{port} failed while" in line
+    assert "Traceback" not in child.stderr
+    assert elapsed < 90, f"{elapsed:.0f} s to the error line (HTTP_DEFAULTS: 3 tries of 15 s)"
+
+
+def _hold_lock(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding `db`'s write lock (BEGIN EXCLUSIVE) for `seconds`; returns once held."""
+    code = ("import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+            "time.sleep(float(sys.argv[2])); c.execute('ROLLBACK')\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hold, retry, ends", [(35, 20, "FAILED"), (30, 90, "FINISHED")],
+                         ids=["held-past-the-retry-window", "released-within-it"])
+def test_a_real_sqlite_lock_mid_training(tmp_path, tracking_uri, hold, retry, ends):
+    """Another process holds the store's write lock from the middle of epoch 1 for `hold` s.
+    Longer than SEQTRACK_STORE_RETRY_SECONDS: one `error:` line, and the run is closed FAILED once
+    the lock is gone. Released within it (but after MLflow's own 20 s busy timeout gave up once):
+    retried, and the run finishes."""
+    from .test_reliability_e2e import Child, run_ids, train_args
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    config = write_tiny_config(tmp_path, train={"epochs": 2})
+    before = run_ids()
+    child = Child(tmp_path / "child", train_args(config, tmp_path / "out"), SEQTRACK_STORE_RETRY_SECONDS=str(retry))
+    child.wait_for(lambda: "Epoch 1 : 16 / 40 samples" in child.stdout, "the first progress block")
+    holder = _hold_lock(db, hold)
+    try:
+        rc = child.wait(timeout=hold + retry + 120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "Traceback" not in child.stderr
+    (run_id,) = run_ids() - before
+    assert _run(run_id).info.status == ends, child.stderr[-3000:]
+    if ends == "FINISHED":
+        assert rc == 0 and not _error_lines(child.stderr)
+        assert "locked by another process while" in child.stderr  # the retry was reached
+        return
+    assert rc == 2
+    (line,) = _error_lines(child.stderr)
+    assert f"stayed locked by another process for {retry} s while" in line

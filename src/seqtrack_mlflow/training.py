@@ -85,7 +85,10 @@ def run_training(cfg: Config, run_name: str, experiment_name: str = "") -> str:
         raise
     except BaseException as exc:
         lost = distributed.peer_lost(exc, info)
-        _close_failed(lost or exc, run, ckpt_dir, info)
+        # torchrun's SIGTERM follows a peer's death within milliseconds: the run is closed first,
+        # and that SIGTERM dropped so that this rank still prints its one error line
+        with signals_deferred(redeliver=lost is None):
+            _close_failed(lost or exc, run, ckpt_dir, info)
         if lost is not None:
             raise lost from None
         raise

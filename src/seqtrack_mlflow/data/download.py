@@ -183,6 +183,8 @@ def class_state(root: Path, cls: str) -> tuple[str, str]:
     for seq in sequences:
         for need, ok in (("groundtruth.txt", (seq / "groundtruth.txt").is_file()),
                          ("img/", (seq / "img").is_dir())):
+            if not ok and os.path.lexists(seq / need):  # e.g. a FIFO: never opened
+                return "foreign", f"{seq.name}/{need} is not a {'folder' if need.endswith('/') else 'regular file'}"
             if not ok:
                 return "foreign", f"{seq.name}/ has no {need}"
     return "local", f"{len(sequences)} sequences"

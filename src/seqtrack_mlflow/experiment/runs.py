@@ -152,8 +152,8 @@ class TrainingRun:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         kept = f"the local copy {path} is kept" if Path(path).exists() else f"{path} no longer exists"
-        with tracking_errors(f"logging artifact {Path(path).name} ({kept})"):
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        retry_locked(f"logging artifact {Path(path).name} ({kept})",
+                     lambda: mlflow.log_artifact(str(path), artifact_path=artifact_path))
 
     def store_once(self, path: Path, artifact_path: str) -> None:
         """After `log_artifact(path, artifact_path)`: keep the bytes once on this disk. On a

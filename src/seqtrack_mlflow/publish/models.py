@@ -22,7 +22,7 @@ import mlflow
 
 import seqtrack_mlflow
 from seqtrack_mlflow import epoch_ranking, names
-from seqtrack_mlflow.experiment import client, tracking_errors
+from seqtrack_mlflow.experiment import client, retry_locked, tracking_errors
 from seqtrack_mlflow.publish import pyfunc_model
 from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
 
@@ -59,15 +59,16 @@ class EpochModels:
         # back afterwards, so logging models never changes what training computes.
         saved, saved_path = rng_state(), list(sys.path)
         try:
-            with tracking_errors(f"logging the model of epoch {epoch}"), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 # "add type hints to predict": the signature is given explicitly instead
                 warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
-                info = mlflow.pyfunc.log_model(
+                # a locked sqlite store is retried for a bounded time, as every other write
+                info = retry_locked(f"logging the model of epoch {epoch}", lambda: mlflow.pyfunc.log_model(
                     name=f"epoch-{epoch}", python_model=pyfunc_model.__file__,
                     artifacts={pyfunc_model.WEIGHTS_ARTIFACT: str(weights_dir)}, model_config=dict(track),
                     signature=signature(), input_example=self._example,
                     pip_requirements=pip_requirements(), code_paths=[str(PACKAGE_DIR)], step=int(epoch),
-                    tags={names.EPOCH_TAG: str(epoch)}, model_type="seqtrack-tracker")
+                    tags={names.EPOCH_TAG: str(epoch)}, model_type="seqtrack-tracker"))
         finally:
             set_rng_state(saved)
             # loading the model (above) put its code/ folder first on sys.path: take it off again

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import threading
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -16,18 +17,25 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM/SIGHUP while a run's final state is written (e.g. torchrun's SIGTERM
-    after a peer died): they are delivered when the block ends, so the run is closed first."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    except ValueError:  # not the main thread
+def signals_deferred(redeliver: bool = True) -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while a run's final state is written, so the run is closed
+    first: they are recorded and delivered again when the block ends (`redeliver=False`: dropped,
+    as torchrun's SIGTERM after a peer died, which would only cut the error line short).
+    Handlers, not a thread's signal mask: the kernel hands a process-wide signal to any thread
+    that does not block it (MLflow's logging threads, gloo's), and under the default action that
+    ends the whole process; a Python handler always runs in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(pending) if redeliver else ():
+            signal.raise_signal(signum)
 
 
 class StopRequested(Exception):
