@@ -8,6 +8,8 @@ the process with SIGKILL at a known point (the hook writes `marker` and sleeps):
 - `fsync <name>`: inside the fsync of the temporary file of checkpoint `<name>` (the checkpoint
   bytes are in `.<name>.XXXX.tmp`, not yet renamed to `<name>`).
 - `artifact <name>`: while MLflow copies `<name>` into the artifact store, after half the bytes.
+- `block <text>`: right after the progress block containing `<text>` is written, until the test
+  removes `marker` (so a signal sent meanwhile lands at a known step, however fast training is).
 
 Product code has no test hooks; these patch `os.fsync` and `shutil.copyfileobj` from outside.
 """
@@ -52,6 +54,19 @@ def install(point: str, target: str, marker: str) -> None:
             return real_copy(fsrc, fdst, length) if length else real_copy(fsrc, fdst)
 
         shutil.copyfileobj = copyfileobj
+    elif point == "block":
+        from seqtrack_mlflow.train.progress import ProgressLog
+
+        real_write = ProgressLog.write
+
+        def write(self, block: str) -> None:
+            real_write(self, block)
+            if target in block:
+                Path(marker).write_text(str(os.getpid()))
+                while Path(marker).exists():
+                    time.sleep(0.05)
+
+        ProgressLog.write = write
     else:
         raise ValueError(f"unknown hook point {point!r}")
 

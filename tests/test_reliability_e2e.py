@@ -155,7 +155,7 @@ def reference(tmp_path_factory, tiny, store, empty_tracking_db) -> tuple[str, Pa
 # -- kill -9 ------------------------------------------------------------------------------------
 KILL_POINTS = {
     # name: (hook or None, what to wait for, checkpoints complete on disk after the kill)
-    "mid_epoch": (None, "Epoch 2 : 16 / 40 samples", {"epoch_1.ckpt"}),
+    "mid_epoch": (("block", "Epoch 2 : 16 / 40 samples"), None, {"epoch_1.ckpt"}),
     "checkpoint_write": (("fsync", "epoch_2.ckpt"), None, {"epoch_1.ckpt"}),
     "artifact_logging": (("artifact", "epoch_2.ckpt"), None, {"epoch_1.ckpt", "epoch_2.ckpt"}),
 }
@@ -212,9 +212,13 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path, tiny, ref
 def test_signal_finishes_the_step_marks_killed_and_says_how_to_resume(tmp_path, tiny, reference, signum):
     out = tmp_path / "out"
     before = run_ids()
-    child = Child(tmp_path, train_args(tiny, out))
-    child.wait_for(lambda: "Epoch 1 : 16 / 40 samples" in child.stdout, "the first progress block")
+    # The child waits after its first progress block until the signal is sent (the tiny config
+    # trains a whole epoch in about 0.1 s, faster than a test can react to the printed block).
+    child = Child(tmp_path, train_args(tiny, out), hook=("block", "Epoch 1 : 16 / 40 samples"))
+    child.wait_for(child.marker.exists, "the first progress block")
     child.proc.send_signal(signum)
+    time.sleep(0.5)  # the handler runs in the child's main thread, which sleeps in 50 ms steps
+    child.marker.unlink()
     assert child.wait() == 128 + signum
     run_id = new_run(before)
     run = MlflowClient().get_run(run_id)

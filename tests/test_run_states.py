@@ -331,7 +331,9 @@ def test_a_killed_ddp_rank_ends_the_run_failed_with_one_line(tmp_path):
 
     from .test_reliability_e2e import Child, run_ids, train_args
 
-    config = write_tiny_config(tmp_path, train={"epochs": 3})
+    # 30 epochs: still training when the test acts on the first printed block (an epoch of the
+    # tiny config takes well under a second).
+    config = write_tiny_config(tmp_path, train={"epochs": 30})
     before = run_ids()
     child = Child(tmp_path / "child", train_args(config, tmp_path / "out", "--nproc", "2"))
     child.wait_for(lambda: "Epoch 1 : 16 / 40 samples" in child.stdout, "the first progress block")
@@ -410,9 +412,11 @@ def test_a_real_sqlite_lock_mid_training(tmp_path, tracking_uri, hold, retry, en
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     config = write_tiny_config(tmp_path, train={"epochs": 2})
     before = run_ids()
-    child = Child(tmp_path / "child", train_args(config, tmp_path / "out"), SEQTRACK_STORE_RETRY_SECONDS=str(retry))
-    child.wait_for(lambda: "Epoch 1 : 16 / 40 samples" in child.stdout, "the first progress block")
+    child = Child(tmp_path / "child", train_args(config, tmp_path / "out"), hook=("block", "Epoch 1 : 16 / 40 samples"),
+                  SEQTRACK_STORE_RETRY_SECONDS=str(retry))
+    child.wait_for(child.marker.exists, "the first progress block")  # the child waits there
     holder = _hold_lock(db, hold)
+    child.marker.unlink()  # the rest of the training meets the lock
     try:
         rc = child.wait(timeout=hold + retry + 120)
     finally:

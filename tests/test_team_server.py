@@ -179,8 +179,8 @@ def test_killed_mid_epoch_then_resumed_by_run_id_is_bit_exact(team, reference, t
     _, ref_ckpts, ref_metrics = reference
     exp = experiment("resume")
     config = tiny(tmp_path / "cfg")
-    child = train(tmp_path / "killed", config, exp, team)
-    child.wait_for(lambda: "Epoch 2 : 16 / 40 samples" in child.stdout, "epoch 2")
+    child = train(tmp_path / "killed", config, exp, team, hook=("block", "Epoch 2 : 16 / 40 samples"))
+    child.wait_for(child.marker.exists, "epoch 2")  # the child waits there: killed mid-epoch for sure
     child.proc.send_signal(signal.SIGKILL)
     child.wait()
     (killed,) = [r.info.run_id for r in runs_in(exp)]
@@ -217,15 +217,16 @@ def test_restarted_mid_run_the_run_ends_clearly_and_resumes(team, reference, tmp
     _, ref_ckpts, ref_metrics = reference
     exp = experiment(f"restart-{what}")
     config = tiny(tmp_path / "cfg")
-    child = train(tmp_path / "cut", config, exp, team, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
-                  MLFLOW_HTTP_REQUEST_TIMEOUT="10")
-    child.wait_for(lambda: "Epoch 2 : 16 / 40 samples" in child.stdout, "epoch 2")
+    child = train(tmp_path / "cut", config, exp, team, hook=("block", "Epoch 2 : 16 / 40 samples"),
+                  MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    child.wait_for(child.marker.exists, "epoch 2")  # the child waits there until the store is gone
     (cut,) = [r.info.run_id for r in runs_in(exp)]
     try:
         if what == "mlflow-server":
             team.stop_mlflow(signal.SIGKILL)
         else:
             team.pg.stop()
+        child.marker.unlink()
         rc = child.wait(timeout=180)
     finally:
         if what == "mlflow-server":
