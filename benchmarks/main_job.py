@@ -1,23 +1,27 @@
-"""The whole main job (`mlflow run . -P epochs=5`, default preset) at fp32 and at bf16, side by side.
+"""The whole main job (`mlflow run . -P epochs=5`) against its own training step, side by side.
 
-    python benchmarks/main_job.py                       # 2 full 5-epoch jobs: ~8 min on 2 idle cores
-    python benchmarks/main_job.py --epochs 1 --samples-per-epoch 512   # a 1-minute look
-    python benchmarks/main_job.py --repeat 2            # fp32, bf16, bf16, fp32
-    python benchmarks/main_job.py --out ''             # no picture (default: results/precision_curves.png)
+    python benchmarks/main_job.py                          # the default job (~8 min on 2 idle cores) + the step
+    python benchmarks/main_job.py --epochs 1 --samples-per-epoch 2000   # a 1-minute look
+    python benchmarks/main_job.py --compare-precisions     # fp32 and bf16 jobs, loss and IoU compared
+    python benchmarks/main_job.py --compare-precisions --repeat 2 --out ''   # ABBA order, no picture
 
-Each job is the real trainer in its own process (`python -m seqtrack_mlflow train`, what the
-MLproject's main entry point runs), with a throw-away MLflow store, so the wall time includes
-start-up, data loading, validation, checkpoints and logging. The jobs run one after the other in
-this one invocation; with --repeat 2 the order is ABBA and the faster of each pair counts (other
-load only ever slows a job down).
+The job is the real main entry point in its own process (`mlflow run . --env-manager local`,
+what README tells a user to run) with a throw-away MLflow store, so its wall time includes
+start-up, data loading, validation, held-out tracking, checkpoints, model logging and the
+registration. In this same invocation the training step alone (`speed.Stepper`: forward +
+backward + clip + AdamW through the real actor, same preset, precision and batch, on real
+crops, no data loading) is timed before and after the job; the job's training throughput
+(`time/train_samples_per_second`: its samples over the seconds inside its training blocks) is
+printed as a share of that rate, with the job's seconds per phase (`time/phase/*`) and the share
+of its wall time spent outside training.
 
-Same final IoU within noise: both final models are decoded again on the same held-out samples;
-the IoU difference is compared with the validation-set sampling noise (95% half-width of the
-difference of two means over that many samples: how far another validation set could move it)
-and with the fp32 run's largest epoch-to-epoch move of its own val IoU (a rough scale of the
-training noise, which one seed per precision cannot measure). The paired per-sample difference
-is printed too.
-The picture (--out) shows both loss curves (per 50-sample block and per epoch) and the
+--compare-precisions: the same job at fp32 and at bf16 (in that order; with --repeat 2 the order
+is ABBA and the faster of each pair counts, since other load only ever slows a job down), with
+the same final IoU tested within noise: both final models are decoded again on the same
+held-out samples; the IoU difference is compared with the validation-set sampling noise (95%
+half-width of the difference of two means over that many samples) and with the fp32 run's
+largest epoch-to-epoch move of its own val IoU (a rough scale of the training noise, which one
+seed per precision cannot measure). The picture (--out) shows both loss curves and the
 validation IoU per epoch, read back from the runs' MLflow metrics.
 Not a test: numbers depend on the machine.
 """
@@ -38,12 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from speed import CPU, Stepper, machine_facts, preset, real_batch  # noqa: E402
+
 from seqtrack_mlflow import experiment, names  # noqa: E402
 from seqtrack_mlflow.data.dataset import open_dataset  # noqa: E402
 from seqtrack_mlflow.data.sampler import ValidationSamples  # noqa: E402
 from seqtrack_mlflow.model import model_from_checkpoint  # noqa: E402
 from seqtrack_mlflow.names import checkpoint_name  # noqa: E402
 from seqtrack_mlflow.train.checkpoint import load_checkpoint  # noqa: E402
+from seqtrack_mlflow.train.device import resolve_precision  # noqa: E402
+from seqtrack_mlflow.train.phases import IN_TRAINING  # noqa: E402
 from seqtrack_mlflow.train.validation import validation_ious  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,22 +59,85 @@ SRC = REPO / "src"
 
 
 def run_job(workdir: Path, precision: str, args: argparse.Namespace) -> tuple[float, Path]:
-    """One training job in a fresh process; returns (wall seconds, its last checkpoint)."""
+    """`mlflow run . -P epochs=N` in a fresh process (the README's main job), with a throw-away
+    store and output folder; returns (wall seconds, its last checkpoint)."""
     out = workdir / f"{precision}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "seqtrack_mlflow", "train", "--config", "default",
-           "--epochs", str(args.epochs), "--precision", precision, "--output-dir", str(out)]
+    out.mkdir(parents=True)
+    # The preset with only train.output_dir set: outputs in the throw-away folder, not the repo's.
+    config = out / "config.yaml"
+    config.write_text(f"train:\n  output_dir: {out / 'outputs'}\n")
+    cmd = ["mlflow", "run", str(REPO), "--env-manager", "local", "-P", f"config={config}",
+           "-P", f"epochs={args.epochs}", "-P", f"precision={precision}"]
     if args.samples_per_epoch:
-        cmd += ["--samples-per-epoch", str(args.samples_per_epoch)]
+        cmd += ["-P", f"samples_per_epoch={args.samples_per_epoch}"]
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     env.pop("MLFLOW_RUN_ID", None)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{precision} job failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    (ckpt,) = out.glob(f"*/checkpoints/{checkpoint_name(args.epochs)}")  # out/<run id>/checkpoints
+    (ckpt,) = out.glob(f"outputs/*/checkpoints/{checkpoint_name(args.epochs)}")  # outputs/<run id>/checkpoints
     return wall, ckpt
+
+
+def step_rate(precision: str, steps: int, rounds: int) -> list[float]:
+    """Samples per second of the training step alone (speed.Stepper: the trainer's train_step on
+    real crops of the default preset), one figure per round of `steps` steps."""
+    cfg = resolve_precision(preset("default"), CPU) if precision == "auto" else preset("default")
+    stepper = Stepper(cfg, real_batch(cfg, cfg.train.batch_size),
+                      cfg.train.precision if precision == "auto" else precision)
+    for _ in range(3):  # warm-up: allocator, autocast caches, AdamW state
+        stepper.step()
+    rates = []
+    for _ in range(rounds):
+        wall = sum(stepper.step().wall for _ in range(steps))
+        rates.append(steps * cfg.train.batch_size / wall)
+    return rates
+
+
+def job_timing(run_id: str) -> tuple[dict[str, float], dict[str, float]]:
+    """A finished job's end-of-job timing metrics and its mean seconds per epoch in each phase."""
+    client = mlflow.MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    per_epoch = {k[len(names.PHASE_PREFIX):]: float(np.mean([m.value for m in client.get_metric_history(run_id, k)]))
+                 for k in metrics if k.startswith(names.PHASE_PREFIX)}
+    return metrics, per_epoch
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The default job and its training step, side by side: the ratio, the phases, the outside share."""
+    print(f"main job vs its training step: {args.epochs} epochs x {args.samples_per_epoch or 'the preset'} "
+          f"samples, precision {args.precision}\n{machine_facts()}", flush=True)
+    before = step_rate(args.precision, args.steps, args.rounds)
+    print(f"  step alone, before the job: {', '.join(f'{r:.1f}' for r in before)} samples/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
+        wall, ckpt_path = run_job(Path(tmp), args.precision, args)
+        print(f"  job: {wall:.1f} s wall (`mlflow run`)", flush=True)
+        mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        metrics, phases = job_timing(load_checkpoint(ckpt_path)["run_id"])
+    after = step_rate(args.precision, args.steps, args.rounds)
+    print(f"  step alone, after the job: {', '.join(f'{r:.1f}' for r in after)} samples/s", flush=True)
+
+    step = float(np.median(before + after))
+    job_rate = metrics[names.TRAIN_SAMPLES_PER_SECOND]
+    inside = metrics[names.TRAINING_SECONDS]
+    epochs = args.epochs
+    print("\n| phase | seconds per epoch (mean) |\n|---|---|")
+    for phase, s in phases.items():
+        print(f"| {phase} | {s:.2f} |")
+    print(f"| in training, not in a phase above (batch to device, block bookkeeping) | "
+          f"{inside / epochs - sum(phases[p] for p in IN_TRAINING):.2f} |")
+    print(f"| start-up (process start to the first epoch) | {metrics[names.STARTUP_SECONDS]:.2f} (once) |")
+    print(f"| registration | {metrics[names.REGISTRATION_SECONDS]:.2f} (once) |")
+    print(f"\njob training throughput {job_rate:.1f} samples/s; the step alone {step:.1f} samples/s "
+          f"(median of {len(before + after)} rounds of {args.steps} steps, before and after the job): "
+          f"**{job_rate / step:.1%}** of the step's rate")
+    print(f"outside training: {1 - inside / wall:.1%} of the job's {wall:.1f} s wall (`mlflow run`, "
+          f"{wall - inside:.1f} s); {metrics[names.OUTSIDE_TRAINING_FRACTION]:.1%} of the trainer "
+          f"process's {metrics[names.JOB_SECONDS]:.1f} s")
 
 
 def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], epochs: int, samples: int,
@@ -95,14 +166,8 @@ def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], epochs: int, sam
     print(f"saved {out} ({out.stat().st_size / 1024:.0f} KB)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--samples-per-epoch", type=int, default=0, help="0 = the preset's 2000")
-    ap.add_argument("--repeat", type=int, default=1, choices=(1, 2), help="2 = ABBA order, best of each")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "precision_curves.png"),
-                    help="where to save the fp32 vs bf16 curves ('' = no picture)")
-    args = ap.parse_args()
+def compare_precisions(args: argparse.Namespace) -> None:
+    """fp32 and bf16 jobs: wall, losses, final IoU within noise, the picture."""
     order = ["fp32", "bf16"] if args.repeat == 1 else ["fp32", "bf16", "bf16", "fp32"]
     print(f"main job: default preset, {args.epochs} epochs x "
           f"{args.samples_per_epoch or 'the preset'} samples, torch {torch.__version__}, "
@@ -155,6 +220,25 @@ def main() -> None:
         plot(curves, args.epochs, ckpts["fp32"]["config"]["data"]["samples_per_epoch"], Path(args.out))
     print(f"(paired, per sample: {diff.mean():+.4f} +- {paired:.4f}; "
           f"{np.mean(np.abs(diff) > 1e-6):.0%} of the samples get a different box)")
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--samples-per-epoch", type=int, default=0, help="0 = the preset's")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="of the job and its step (auto: as the job resolves it)")
+    ap.add_argument("--steps", type=int, default=20, help="training steps per round of the step alone")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the step alone, before and after the job")
+    ap.add_argument("--compare-precisions", action="store_true", help="fp32 vs bf16 jobs instead")
+    ap.add_argument("--repeat", type=int, default=1, choices=(1, 2), help="2 = ABBA order, best of each")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "precision_curves.png"),
+                    help="where --compare-precisions saves the fp32 vs bf16 curves ('' = no picture)")
+    args = ap.parse_args()
+    if args.compare_precisions:
+        compare_precisions(args)
+    else:
+        throughput(args)
+
 
 if __name__ == "__main__":
     main()

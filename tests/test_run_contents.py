@@ -11,9 +11,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from seqtrack_mlflow import cli
+from seqtrack_mlflow import cli, names
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.fsutil import sha256_file
+from seqtrack_mlflow.train import phases
 from seqtrack_mlflow.train.progress import BLOCK_RE
 
 from .conftest import new_store, use_store
@@ -92,6 +93,32 @@ def test_metrics_per_block_and_per_epoch(run):
     assert best == sorted(best) and best[-1] == max(v for _, v in history(run_id, "epoch/val_iou"))
     (no_motion,) = history(run_id, "val/no_motion_iou")
     assert no_motion[0] == 0 and 0 < no_motion[1] < 1
+
+
+def test_where_the_time_went(run):
+    """Seconds per phase of every epoch, the job's training throughput and its outside share,
+    consistent with each other and with the progress blocks."""
+    r, out = run
+    run_id, m = r.info.run_id, r.data.metrics
+    per_phase = {p: [v for _, v in history(run_id, names.PHASE_PREFIX + p)] for p in phases.PHASES}
+    for p, values in per_phase.items():
+        assert len(values) == EPOCHS and all(v >= 0 for v in values), p
+    # Every epoch trains, validates, writes and logs a checkpoint (the tiny config tracks nothing).
+    for p in (phases.FORWARD_BACKWARD, phases.OPTIMIZER, phases.VALIDATION, phases.CHECKPOINT,
+              phases.ARTIFACT_LOGGING):
+        assert all(v > 0 for v in per_phase[p]), p
+    assert per_phase[phases.HELD_OUT_TRACKING] == [0.0] * EPOCHS
+    # Inside the training blocks: the sum of the progress blocks' own durations.
+    blocks = sum(v for _, v in history(run_id, "time/block_seconds"))
+    assert m[names.TRAINING_SECONDS] == pytest.approx(blocks, rel=1e-9)
+    inside = sum(sum(per_phase[p]) for p in phases.IN_TRAINING)
+    assert inside <= m[names.TRAINING_SECONDS]
+    assert m[names.TRAIN_SAMPLES_PER_SECOND] == pytest.approx(EPOCHS * PER_EPOCH / m[names.TRAINING_SECONDS])
+    assert m[names.OUTSIDE_TRAINING_FRACTION] == pytest.approx(1 - m[names.TRAINING_SECONDS] / m[names.JOB_SECONDS])
+    assert 0 < m[names.STARTUP_SECONDS] < m[names.JOB_SECONDS]
+    assert [s for s, _ in history(run_id, names.EPOCH_SAMPLES_PER_SECOND)] == [1, 2, 3]
+    report = (out / "report.md").read_text()
+    assert "## Where the time went" in report and f"{m[names.TRAIN_SAMPLES_PER_SECOND]:.1f} samples/s" in report
 
 
 def test_artifacts(run):

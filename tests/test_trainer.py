@@ -137,6 +137,26 @@ def test_cosine_lr_reaches_zero_at_the_last_step_and_resume_is_bit_identical(tmp
         assert_same_tensors(a[key], b[key], key)
 
 
+def test_weight_averaging_is_what_a_checkpoint_holds_and_resume_is_bit_identical(tmp_path, monkeypatch):
+    """train.ema_decay: model_state_dict (what validation, evaluate and the Hub read) is the
+    average, the raw weights are kept beside it, and a resume continues both exactly."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ema = {"ema_decay": 0.9}
+    full = train(tmp_path / "full", train=ema)
+    plain = train(tmp_path / "plain")
+    ckpt = tmp_path / "full" / "outputs" / full / "checkpoints" / "epoch_1.ckpt"
+    resumed = train(tmp_path / "part", "--resume", str(ckpt), train=ema)
+    assert metrics(resumed) == metrics(full)
+    a, b = checkpoint(tmp_path / "full", full, 3), checkpoint(tmp_path / "part", resumed, 3)
+    for key in ("model_state_dict", "training_weights", "ema_updates", "optimizer_state_dict", "rng", "metrics"):
+        assert_same_tensors(a[key], b[key], key)
+    # 3 epochs x 5 steps, one update each; the raw weights are those of the run without averaging.
+    assert a["ema_updates"] == 15
+    assert_same_tensors(a["training_weights"], checkpoint(tmp_path / "plain", plain, 3)["model_state_dict"])
+    assert all(not torch.equal(a["model_state_dict"][k], a["training_weights"][k]) for k in a["model_state_dict"])
+    assert metrics(full)["train/loss"] == metrics(plain)["train/loss"]  # averaging never touches training
+
+
 def test_precision_auto_picks_bf16_only_with_native_bf16(monkeypatch):
     from seqtrack_mlflow.train import device as device_module
 

@@ -158,6 +158,11 @@ class TrainConfig:
     """Step-schedule decay (official 0.1)."""
     grad_clip: float
     """Max gradient norm (official 0.1); 0 disables clipping."""
+    ema_decay: float
+    """Exponential moving average of the weights, updated after every optimizer step with this
+    decay (0 = off): validation, held-out tracking, the checkpoint's model_state_dict, the
+    LoggedModels and the Hub hold the averaged weights; the raw ones are kept in the checkpoint
+    for a resume (`training_weights`). The official recipe has none."""
     label_rounding: str
     """How box coordinates become token labels: 'floor' (official, floor(x * (bins - 1))) or
     'nearest' (floor(x * (bins - 1) + 0.5)). The tracker decodes token / (bins - 1), so floor

@@ -167,6 +167,7 @@ def validate(cfg: Any) -> None:
     _need(t.lr_drop_epoch >= 1, "train.lr_drop_epoch", t.lr_drop_epoch, "use >= 1")
     _need(0 < t.lr_drop_factor <= 1, "train.lr_drop_factor", t.lr_drop_factor, "use a value in (0, 1]")
     _need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "use >= 0 (0 = no clipping)")
+    _need(0 <= t.ema_decay < 1, "train.ema_decay", t.ema_decay, "use a value in [0, 1) (0 = no averaging)")
     _need(t.label_rounding in LABEL_ROUNDINGS, "train.label_rounding", t.label_rounding,
           f"use one of {', '.join(LABEL_ROUNDINGS)}")
     _need(t.log_every >= 1, "train.log_every", t.log_every, "use >= 1")

@@ -42,6 +42,17 @@ BEST_VAL_IOU = epoch_metric(ROW_BEST_VAL_IOU)
 BEST_EPOCH = epoch_metric("best_epoch")
 NO_MOTION_IOU = "val/no_motion_iou"  # step 0: the bar VAL_IOU has to clear
 
+# -- where the job's time goes (train/phases.py, docs/performance.md) ---------------------------
+PHASE_PREFIX = "time/phase/"  # + a phase name: its seconds in the epoch (step = epoch)
+EPOCH_SAMPLES_PER_SECOND = "time/epoch_samples_per_second"  # the epoch's samples / seconds inside its training blocks
+STARTUP_SECONDS = "time/startup_seconds"  # step 0: process start to the first epoch
+# At the end (step = global samples): the whole job.
+JOB_SECONDS = "time/job_seconds"  # process start to the end of training (the report follows)
+TRAINING_SECONDS = "time/training_seconds"  # inside training blocks: data wait, forward/backward, optimizer
+TRAIN_SAMPLES_PER_SECOND = "time/train_samples_per_second"  # samples trained / TRAINING_SECONDS
+OUTSIDE_TRAINING_FRACTION = "time/outside_training_fraction"  # 1 - TRAINING_SECONDS / JOB_SECONDS
+REGISTRATION_SECONDS = "time/registration_seconds"  # the best epoch registered in the model registry
+
 # -- metrics of an evaluation (step = evaluated epoch) -----------------------------------------
 EVAL_PREFIX = "eval/"
 EVAL_METRICS = ("auc", "precision", "norm_precision", "mean_iou", "fps",

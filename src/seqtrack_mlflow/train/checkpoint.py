@@ -6,7 +6,8 @@ Keys (the assignment's four first):
     model_state_dict, optimizer_state_dict, epoch, seed,
     scheduler_state_dict, rng (python / numpy / torch / cuda states), config (resolved, nested),
     metrics (per-epoch history up to this epoch), progress (global sample count, elapsed
-    seconds), versions, run_id, format (CHECKPOINT_FORMAT).
+    seconds), versions, run_id, format (CHECKPOINT_FORMAT); with weight averaging
+    (train.ema_decay) model_state_dict is the average, and training_weights, ema_updates are added.
 
 Files are written with `fsutil.atomic_write`: complete or absent, whatever stops the process.
 `manifest.json` beside them lists each file's epoch, size and sha256; wherever a manifest
@@ -35,12 +36,16 @@ from seqtrack_mlflow.model.seqtrack import SeqTrack
 from seqtrack_mlflow.model.weights import load_strict
 from seqtrack_mlflow.names import CHECKPOINTS, MANIFEST, TRAINING_LOG, checkpoint_epochs, checkpoint_name
 from seqtrack_mlflow.torchfile import read_torch_file, state_dict_of
+from seqtrack_mlflow.train.averaging import build_ema, evaluated
 from seqtrack_mlflow.train.determinism import rng_state, set_rng_state
 from seqtrack_mlflow.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "seqtrack-mlflow/1"
+# With train.ema_decay: the raw (not averaged) weights and the number of averaging updates.
+TRAINING_WEIGHTS = "training_weights"
+EMA_UPDATES = "ema_updates"
 REQUIRED_KEYS = ("model_state_dict", "optimizer_state_dict", "epoch", "seed")
 
 
@@ -54,11 +59,13 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 # -- writing -------------------------------------------------------------------------------------
 def training_state(epoch: int, cfg: Config, model, optimizer, scheduler, scaler, history: list[dict],
-                   global_samples: int, elapsed_seconds: float, run_id: str) -> dict[str, Any]:
-    """Everything a checkpoint holds (see the module docstring), as plain data."""
+                   global_samples: int, elapsed_seconds: float, run_id: str, ema=None) -> dict[str, Any]:
+    """Everything a checkpoint holds (see the module docstring), as plain data. With weight
+    averaging (`ema`), model_state_dict holds the averaged weights, the ones every reader of a
+    checkpoint uses; the raw weights and the average's update count are kept for a resume."""
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model_state_dict": model.state_dict(),
+        "model_state_dict": evaluated(model, ema).state_dict(),
         "optimizer_state_dict": optimizer.state_dict(),
         "scheduler_state_dict": scheduler.state_dict(),
         "epoch": epoch,
@@ -72,6 +79,9 @@ def training_state(epoch: int, cfg: Config, model, optimizer, scheduler, scaler,
     }
     if scaler.is_enabled():
         state["scaler_state_dict"] = scaler.state_dict()
+    if ema is not None:
+        state[TRAINING_WEIGHTS] = model.state_dict()
+        state[EMA_UPDATES] = int(ema.n_averaged)
     return state
 
 
@@ -208,11 +218,17 @@ class Restored:
 RESTORE_ERRORS = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
 
 
-def restore(state: dict[str, Any], model, optimizer, scheduler, scaler, source: str) -> Restored:
-    """Put a resumable state back: weights (strict), optimizer, scheduler, loss scaler, every
-    RNG. A damaged state is one CheckpointError line naming `source`."""
+def restore(state: dict[str, Any], model, optimizer, scheduler, scaler, source: str, ema=None) -> Restored:
+    """Put a resumable state back: weights (strict; the raw and the averaged ones with weight
+    averaging), optimizer, scheduler, loss scaler, every RNG. A damaged state is one
+    CheckpointError line naming `source`."""
     try:
-        load_strict(model, state_dict_of(state["model_state_dict"], source), source)
+        if ema is not None:
+            load_strict(model, state_dict_of(state[TRAINING_WEIGHTS], source), source)
+            load_strict(ema.module, state_dict_of(state["model_state_dict"], source), source)
+            ema.n_averaged.fill_(int(state[EMA_UPDATES]))
+        else:
+            load_strict(model, state_dict_of(state["model_state_dict"], source), source)
         optimizer.load_state_dict(state["optimizer_state_dict"])
         scheduler.load_state_dict(state["scheduler_state_dict"])
         if "scaler_state_dict" in state and scaler.is_enabled():
@@ -235,7 +251,7 @@ def check_restorable(cfg: Config, state: dict[str, Any], source: str) -> None:
             model = SeqTrack(dataclasses.replace(cfg.model, pretrained=""))
             optimizer, scheduler = build_optimizer(model, cfg.train)
             scaler = torch.amp.GradScaler("cpu", enabled=False)
-            restore(state, model, optimizer, scheduler, scaler, source)
+            restore(state, model, optimizer, scheduler, scaler, source, build_ema(model, cfg.train.ema_decay))
     finally:
         set_rng_state(saved)
 

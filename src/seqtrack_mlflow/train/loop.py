@@ -35,11 +35,13 @@ from seqtrack_mlflow.data.summary import dataset_summary
 from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
 from seqtrack_mlflow.model import build_seqtrack, tokens_to_boxes
-from seqtrack_mlflow.train import distributed
+from seqtrack_mlflow.train import distributed, phases
 from seqtrack_mlflow.train.actor import SeqTrackActor
+from seqtrack_mlflow.train.averaging import build_ema, evaluated
 from seqtrack_mlflow.train.checkpoint import Manifest, restore, save_checkpoint, training_state
 from seqtrack_mlflow.train.device import autocast
 from seqtrack_mlflow.train.optim import build_optimizer
+from seqtrack_mlflow.train.phases import PhaseClock
 from seqtrack_mlflow.train.progress import ProgressLog, format_block
 from seqtrack_mlflow.train.recorder import RunRecorder
 from seqtrack_mlflow.train.resume import ResumeState
@@ -75,18 +77,22 @@ class EpochListener:
 
 
 def train_step(actor, model: torch.nn.Module, optimizer, scaler, batch: dict[str, torch.Tensor],
-               device: torch.device, t: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               device: torch.device, t: TrainConfig,
+               clock: PhaseClock | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on one batch (already on the device): forward under the chosen
     precision, backward (loss-scaled for fp16), clip, update. Returns (loss, stats)."""
-    with autocast(device, t.precision):
-        loss, stats = actor(batch)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if t.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    clock = clock or PhaseClock()
+    with clock(phases.FORWARD_BACKWARD):
+        with autocast(device, t.precision):
+            loss, stats = actor(batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+    with clock(phases.OPTIMIZER):
+        if t.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
     return loss, stats
 
 
@@ -103,6 +109,10 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # one dict of epoch metrics per finished epoch
         self.global_samples = 0
         self.elapsed_before = 0.0  # seconds trained before a resume
+        # Where the time goes (phases.py): this epoch's phases, and the whole job's sums.
+        self.clock = PhaseClock()
+        self.phase_totals = dict.fromkeys(phases.PHASES, 0.0)
+        self.training_seconds, self.samples_trained = 0.0, 0  # inside training blocks, this process
         self.start_epoch = 1
 
         # Data.
@@ -114,6 +124,8 @@ class Trainer:
         self.model = build_seqtrack(cfg.model).to(device)
         if init is not None:  # warm start: the weights only (draws no random number)
             init.load_into(self.model)
+        self.ema = build_ema(self.model, cfg.train.ema_decay)  # None without weight averaging
+        self.eval_model = evaluated(self.model, self.ema)  # what is validated, tracked and checkpointed
         # DDP averages gradients across ranks; the actor calls the wrapper, everything else
         # (validation, checkpoints, param groups) uses the plain model.
         self.actor = SeqTrackActor(DistributedDataParallel(self.model) if dist.enabled else self.model,
@@ -123,7 +135,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         if resume is not None:
             restored = restore(resume.state, self.model, self.optimizer, self.scheduler, self.scaler,
-                               f"resume: {resume.path}")
+                               f"resume: {resume.path}", self.ema)
             self.history, self.global_samples = restored.history, restored.global_samples
             self.elapsed_before, self.start_epoch = restored.elapsed_seconds, resume.epoch + 1
             log.info("resuming from %s: epoch %d done, continuing with epoch %d", resume.describe(),
@@ -136,7 +148,6 @@ class Trainer:
     def fit(self) -> None:
         cfg = self.cfg
         self.t_start = time.perf_counter() - self.elapsed_before
-        self.logging_seconds = 0.0
         val_samples, self.no_motion_iou = None, float("nan")
         if self.is_main:
             self.progress = ProgressLog(self.out_dir / names.TRAINING_LOG)
@@ -144,7 +155,8 @@ class Trainer:
             # The bar for val_iou: the crop is centred on the previous box, so "no motion" scores well.
             if val_samples is not None:
                 self.no_motion_iou = val_samples.no_motion_iou()
-            self.run.log_metrics({names.NO_MOTION_IOU: self.no_motion_iou}, step=0)
+            self.run.log_metrics({names.NO_MOTION_IOU: self.no_motion_iou,
+                                  names.STARTUP_SECONDS: phases.seconds_since_process_start()}, step=0)
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs + 1):
                 t_epoch = time.perf_counter()
@@ -160,10 +172,12 @@ class Trainer:
                 self.progress.close()
                 self.run.log_artifact(self.progress.path)
         if self.is_main:
+            t_finish = time.perf_counter()
             self.listener.training_finished(self.history)
             self.report_text = self.recorder.finish(
                 self.history, self.summary, self.manifest, time.perf_counter() - self.t_start,
-                self.logging_seconds, self.global_samples, self.device, self.no_motion_iou)
+                self.job_timing(time.perf_counter() - t_finish), self.global_samples, self.device,
+                self.no_motion_iou)
         # The ranks leave together: one that destroys the process group while rank 0 still
         # writes the report and registers the model can abort in gloo (seen: exit -6).
         distributed.barrier(self.dist)
@@ -171,7 +185,8 @@ class Trainer:
     def end_epoch(self, epoch: int, train_loss: float, lr: float, val_samples, t_epoch: float) -> None:
         """Validate, write the checkpoint, track the held-out sequences, publish (main rank)."""
         cfg = self.cfg
-        val_iou = validation_iou(self.model, val_samples, cfg, self.device)
+        with self.clock(phases.VALIDATION):
+            val_iou = validation_iou(self.eval_model, val_samples, cfg, self.device)
         best = max([h[names.ROW_VAL_IOU] for h in self.history] + [val_iou])
 
         def epoch_row(tracking: dict[str, float]) -> dict[str, float]:
@@ -184,7 +199,8 @@ class Trainer:
         # videos and can fail on their data: a failure there never loses the epoch.
         self.history.append(epoch_row({}))
         state, path = self.write_checkpoint(epoch)
-        tracking = track_held_out(self.model, self.dataset, cfg, self.device)
+        with self.clock(phases.HELD_OUT_TRACKING):
+            tracking = track_held_out(self.eval_model, self.dataset, cfg, self.device)
         if tracking:  # the same checkpoint again, its last row now with the tracking scores
             self.history[-1] = epoch_row(tracking)
             state, path = self.write_checkpoint(epoch)
@@ -192,6 +208,10 @@ class Trainer:
                  epoch, train_loss, val_iou, best, self.no_motion_iou,
                  f", tracking AUC {tracking['auc']:.4f}" if tracking else "", self.history[-1][names.ROW_SECONDS])
         self.publish_checkpoint(epoch, state, path)
+        seconds = self.clock.take()
+        for phase, s in seconds.items():
+            self.phase_totals[phase] += s
+        self.recorder.phases(epoch, seconds, self.epoch_samples / max(self.epoch_train_seconds, 1e-9))
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
@@ -207,16 +227,25 @@ class Trainer:
                             worker_init_fn=ignore_sigint_in_worker if cfg.train.workers else None)
         every, done = cfg.train.log_every, 0
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-        block = _Block()
+        block, clock = _Block(), self.clock
         t_epoch = t_block = time.perf_counter()
-        self.skipped = 0
-        for batch in _unwrapped(loader):
+        self.skipped, self.epoch_train_seconds = 0, 0.0
+        batches = _unwrapped(loader)
+        while True:
+            with clock(phases.DATA_WAIT):
+                batch = next(batches, None)
+            if batch is None:
+                break
             # Draws that hit an unreadable frame under data.skip_bad_sequences (see the sampler).
             self.skipped += int(batch.pop("skipped").sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device, cfg.train)
-            if cfg.train.schedule == "cosine":  # counted in optimizer steps
-                self.scheduler.step()
+            loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device,
+                                     cfg.train, clock)
+            with clock(phases.OPTIMIZER):
+                if cfg.train.schedule == "cosine":  # counted in optimizer steps
+                    self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
             n = batch["search"].shape[0] * world  # global samples in this step (equal shards)
             block.add(loss.detach(), n, stats["pred_tokens"], batch["box"])
             epoch_loss += loss.detach().double() * n
@@ -225,11 +254,15 @@ class Trainer:
             block_end = done // every > (done - n) // every or done == total
             if block_end:
                 t_log = time.perf_counter()
-                self._end_block(epoch, block, done, total, t_log - t_block, t_log - t_epoch)
+                self.epoch_train_seconds += t_log - t_block
+                with clock(phases.BLOCK_LOGGING):
+                    self._end_block(epoch, block, done, total, t_log - t_block, t_log - t_epoch)
                 block, t_block = _Block(), time.perf_counter()
-                self.logging_seconds += t_block - t_log
             if self._stop_requested(block_end):
                 raise StopRequested(self.stop.signum or signal.SIGTERM, epoch, done)  # SIGTERM: another rank's
+        self.epoch_samples = done
+        self.training_seconds += self.epoch_train_seconds
+        self.samples_trained += done
         distributed.all_reduce_sum(epoch_loss, self.dist)
         if self.dist.enabled:
             self.skipped = int(distributed.all_reduce_sum(torch.tensor([float(self.skipped)], device=device),
@@ -274,10 +307,13 @@ class Trainer:
     def write_checkpoint(self, epoch: int) -> tuple[dict[str, Any], Path]:
         """Write the epoch's checkpoint (atomically) and list it in the manifest at once: if
         anything after it fails, the local file is complete and verifiable. (state, path)."""
-        self._t_checkpoint = time.perf_counter()
+        with self.clock(phases.CHECKPOINT):
+            return self._write_checkpoint(epoch)
+
+    def _write_checkpoint(self, epoch: int) -> tuple[dict[str, Any], Path]:
         state = training_state(epoch, self.cfg, self.model, self.optimizer, self.scheduler, self.scaler,
                                self.history, self.global_samples, time.perf_counter() - self.t_start,
-                               self.run.run_id)
+                               self.run.run_id, self.ema)
         state[names.DATA_FINGERPRINT_KEY] = self.data_fingerprint
         path = save_checkpoint(self.manifest.folder / names.checkpoint_name(epoch), state)
         self.manifest.add(path, epoch)
@@ -286,15 +322,24 @@ class Trainer:
     def publish_checkpoint(self, epoch: int, state: dict[str, Any], path: Path) -> None:
         """The written checkpoint's LoggedModel (if this epoch is one), metrics and artifacts,
         and hand it to the listener."""
-        t0 = self._t_checkpoint
         # The epoch's LoggedModel comes before the epoch metrics, so they are logged with its id
         # and the held-out dataset, and the model's page shows them.
-        model_id = self.listener.epoch_model(epoch, state, self.history)
-        self.recorder.epoch(epoch, self.history, model_id, path, self.manifest)
-        self.listener.checkpoint_logged(epoch, path, self.history)
-        self.recorder.stored(path)
-        log.info("checkpoint %s (%.1f MB, %.2f s)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
-                 time.perf_counter() - t0)
+        with self.clock(phases.MODEL_LOGGING):
+            model_id = self.listener.epoch_model(epoch, state, self.history)
+        with self.clock(phases.ARTIFACT_LOGGING):
+            self.recorder.epoch(epoch, self.history, model_id, path, self.manifest)
+            self.listener.checkpoint_logged(epoch, path, self.history)
+            self.recorder.stored(path)
+        log.info("checkpoint %s (%.1f MB, %.2f s to write)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
+                 self.clock.seconds[phases.CHECKPOINT])
+
+    def job_timing(self, registration_seconds: float) -> dict[str, float]:
+        """The job's time at its end: training throughput, and the share spent outside training."""
+        job = phases.seconds_since_process_start()
+        return {names.JOB_SECONDS: job, names.TRAINING_SECONDS: self.training_seconds,
+                names.TRAIN_SAMPLES_PER_SECOND: self.samples_trained / max(self.training_seconds, 1e-9),
+                names.OUTSIDE_TRAINING_FRACTION: 1.0 - self.training_seconds / max(job, 1e-9),
+                names.REGISTRATION_SECONDS: registration_seconds}
 
 
 def _unwrapped(loader):

@@ -29,6 +29,7 @@ class RunRecorder:
         self.run, self.cfg, self.out_dir = run, cfg, out_dir
         # Per-block train/loss and train/iou as (global sample, value), for the plots.
         self.blocks: dict[str, list[tuple[int, float]]] = {names.TRAIN_LOSS: [], names.TRAIN_IOU: []}
+        self.phase_rows: list[dict[str, float]] = []  # seconds per phase of each epoch trained here
 
     def start(self, dataset, summary: dict[str, Any], device: torch.device, manifest: Manifest,
               resume: ResumeState | None, init: InitWeights | None) -> None:
@@ -90,21 +91,26 @@ class RunRecorder:
         self.run.log_artifact(path, names.CHECKPOINTS)
         self.run.log_artifact(manifest.path, names.CHECKPOINTS)
 
+    def phases(self, epoch: int, seconds: dict[str, float], samples_per_second: float) -> None:
+        """Where the epoch's time went (train/phases.py), and its training throughput."""
+        self.phase_rows.append(dict(seconds))
+        self.run.log_metrics({**{names.PHASE_PREFIX + k: v for k, v in seconds.items()},
+                              names.EPOCH_SAMPLES_PER_SECOND: samples_per_second}, step=epoch)
+
     def stored(self, path: Path) -> None:
         """The checkpoint's bytes kept once on this disk (see TrainingRun.store_once)."""
         self.run.store_once(path, names.CHECKPOINTS)
 
     def finish(self, history: list[dict[str, float]], summary: dict[str, Any], manifest: Manifest,
-               total_seconds: float, logging_seconds: float, step: int, device: torch.device,
+               total_seconds: float, timing: dict[str, float], step: int, device: torch.device,
                no_motion_iou: float) -> str:
-        """Total time, plots and report.md; returns the report's text."""
-        self.run.log_metrics({"time/total_seconds": total_seconds,
-                              "time/logging_overhead_fraction": logging_seconds / max(total_seconds, 1e-9)},
-                             step=step)
+        """Total time and the job's timing (Trainer.job_timing), plots and report.md; returns the
+        report's text."""
+        self.run.log_metrics({"time/total_seconds": total_seconds, **timing}, step=step)
         for p in report.save_plots(self.blocks, history, self.out_dir / names.PLOTS, no_motion_iou):
             self.run.log_artifact(p, names.PLOTS)
         text = report.render(self.cfg, summary, history, manifest.list(), total_seconds, device,
-                             self.run.run_id, no_motion_iou)
+                             self.run.run_id, no_motion_iou, self.phase_rows, timing)
         (self.out_dir / names.REPORT_FILE).write_text(text)
         self.run.log_artifact(self.out_dir / names.REPORT_FILE)
         return text

@@ -32,7 +32,8 @@ def reproduce_commands(run_id: str) -> list[str]:
 
 def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]],
            manifest: list[dict[str, Any]], total_seconds: float, device: torch.device, run_id: str,
-           no_motion_iou: float) -> str:
+           no_motion_iou: float, phase_rows: list[dict[str, float]] | None = None,
+           timing: dict[str, float] | None = None) -> str:
     # report.md top to bottom, one section after another: long, but linear.
     best_epoch, best = max(enumerate((h[names.ROW_VAL_IOU] for h in history), start=1), key=lambda e: e[1])
     chosen = epoch_ranking.best_in_history(history, range(1, len(history) + 1))
@@ -83,6 +84,8 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
     for epoch, h in enumerate(history, start=1):
         lines.append(f"| {epoch} | {h['train_loss']:.6f} | {h['val_iou']:.4f} | {h['best_val_iou']:.4f} |"
                      + (f" {h.get('val_auc', math.nan):.4f} |" if tracked else "") + f" {h['seconds']:.1f} |")
+    if phase_rows and timing:
+        lines += time_lines(phase_rows, timing, len(history) - len(phase_rows) + 1)
     lines += ["", "## Checkpoints", "", "| file | bytes | sha256 |", "|---|---|---|"]
     for m in manifest:
         lines.append(f"| checkpoints/{m['file']} | {m['bytes']} | `{m['sha256']}` |")
@@ -95,6 +98,21 @@ def render(cfg: Config, summary: dict[str, Any], history: list[dict[str, float]]
               "machine type, torch build and thread count the results are bit-identical.", "",
               "```bash", *reproduce_commands(run_id), "```", ""]
     return "\n".join(lines)
+
+
+def time_lines(phase_rows: list[dict[str, float]], timing: dict[str, float], first_epoch: int) -> list[str]:
+    """'Where the time went': seconds per phase of each epoch trained in this process, and the job."""
+    keys = list(phase_rows[0])
+    lines = ["", "## Where the time went", "",
+             f"Training throughput {timing[names.TRAIN_SAMPLES_PER_SECOND]:.1f} samples/s inside the training "
+             f"blocks; {timing[names.OUTSIDE_TRAINING_FRACTION]:.1%} of the job's "
+             f"{timing[names.JOB_SECONDS]:.0f} s (process start to the last epoch's artifacts, registration "
+             f"{timing[names.REGISTRATION_SECONDS]:.1f} s) was spent outside them. Seconds per epoch "
+             f"(`{names.PHASE_PREFIX}*` metrics):", "",
+             "| epoch | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for epoch, row in enumerate(phase_rows, start=first_epoch):
+        lines.append(f"| {epoch} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
+    return lines
 
 
 def save_plots(blocks: dict[str, list[tuple[int, float]]], history: list[dict[str, float]],
