@@ -170,3 +170,33 @@ def test_no_eligible_training_sequence(tmp_path):
     root = make_lasot_tree(tmp_path / "l", classes=("airplane",), seqs_per_class=1, frames=30)
     with pytest.raises(DataError, match="no training sequence"):
         TrainSamples(LasotDataset(root, ("airplane",)), _cfg(), 0)  # airplane-1 is test
+
+
+@pytest.mark.parametrize("over", [{}, {"data.crop_geometry": "official"}, {"data.augment_on": "frames"}])
+def test_frame_cache_never_changes_a_sample(dataset, over):
+    """Cached frames give exactly the samples of decoding every time, on a first pass (misses),
+    a second pass (hits) and under a bound that keeps one frame; kept arrays are read-only."""
+    plain = TrainSamples(dataset, _cfg(**over, **{"data.frame_cache_mb": 0}), epoch=1)
+    cached = TrainSamples(dataset, _cfg(**over), epoch=1)
+    tight = TrainSamples(dataset, _cfg(**over), epoch=1)
+    tight.frames.max_bytes = 96 * 72 * 4  # one frame of this tree
+    expected = [plain[i] for i in range(len(plain))]
+    for _ in range(2):
+        assert all(_equal(cached[i], x) and _equal(tight[i], x) for i, x in enumerate(expected))
+    assert cached.frames.hits > cached.frames.misses > 0 and plain.frames.bytes == 0
+    assert 0 < tight.frames.bytes <= tight.frames.max_bytes and len(tight.frames.items) == 1
+    for value, _, _ in cached.frames.items.values():
+        assert not isinstance(value, np.ndarray) or not value.flags.writeable
+
+
+def test_frame_cache_keeps_each_decode_scale_apart(tmp_path):
+    """Large frames decode at 1/2, 1/4 or 1/8 when the crops allow: each scale is its own entry,
+    and a sample never gets a frame decoded at another scale than decoding would give."""
+    root = make_lasot_tree(tmp_path, seqs_per_class=2, frames=20, size=(1280, 720))
+    large = LasotDataset(root, ("airplane", "bicycle"))
+    plain = TrainSamples(large, _cfg(**{"data.frame_cache_mb": 0}), epoch=1)
+    cached = TrainSamples(large, _cfg(), epoch=1)
+    for _ in range(2):
+        assert all(_equal(cached[i], plain[i]) for i in range(len(plain)))
+    scales = {scale for _, scale, _ in cached.frames.items.values()}
+    assert len(scales) > 1 and min(scales) < 1.0, scales

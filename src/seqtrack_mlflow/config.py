@@ -87,6 +87,9 @@ class DataConfig:
     scaled_decode: bool
     """Decode JPEG frames of >= 640x480 (LaSOT's 1280x720) at 1/2, 1/4 or 1/8 size (DCT scaling) when every
     training crop taken from the frame shrinks by at least that much; false = always full size."""
+    frame_cache_mb: int
+    """Decoded training frames kept in memory by each loading process (the data worker, or the
+    training process with workers=0), in MiB; 0 = decode every time. Never changes a sample."""
 
 
 @dataclass(frozen=True)

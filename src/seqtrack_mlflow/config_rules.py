@@ -105,6 +105,7 @@ def validate(cfg: Any) -> None:
         check_upper(f"train.{key}", getattr(cfg.train, key), bound)
     check_upper("track.update_interval", cfg.track.update_interval, MAX_UPDATE_INTERVAL)
     _need(d.max_class_bytes >= 1, "data.max_class_bytes", d.max_class_bytes, "use >= 1 (bytes)")
+    _need(d.frame_cache_mb >= 0, "data.frame_cache_mb", d.frame_cache_mb, "use >= 0 (MiB; 0 = no cache)")
     _need(d.samples_per_epoch >= 1, "data.samples_per_epoch", d.samples_per_epoch, "use >= 1")
     _need(d.max_gap >= 1, "data.max_gap", d.max_gap, "use >= 1")
     _need(d.template_factor > 0, "data.template_factor", d.template_factor, "use > 0")

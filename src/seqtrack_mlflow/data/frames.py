@@ -24,6 +24,7 @@ import io
 import math
 import os
 import stat
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -165,14 +166,16 @@ def needed_fraction(windows) -> float:
     return min(1.0, max(w.output_size / w.side for w in windows))
 
 
-def crop_scaled(pixels: np.ndarray, scale: float, window) -> np.ndarray:
-    """`geometry.crop_image(full_frame, window)` computed from a frame decoded at `scale`: the
-    same square, zero outside the image, bilinear, with the window's corners scaled."""
+def crop_scaled(pixels: np.ndarray | Image.Image, scale: float, window) -> np.ndarray:
+    """`geometry.crop_image(full_frame, window)` computed from a frame decoded at `scale` (an
+    array or the same as a PIL image): the same square, zero outside the image, bilinear, with
+    the window's corners scaled."""
     if scale == 1.0:
         return crop_image(pixels, window)
     box = (window.x1 * scale, window.y1 * scale, (window.x1 + window.side) * scale,
            (window.y1 + window.side) * scale)
-    out = Image.fromarray(pixels).transform((window.output_size, window.output_size),
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    out = image.transform((window.output_size, window.output_size),
                                             Image.Transform.EXTENT, box,
                                             resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out)
@@ -181,3 +184,62 @@ def crop_scaled(pixels: np.ndarray, scale: float, window) -> np.ndarray:
 def read_frame(path: str | Path) -> np.ndarray:
     """Decode one frame file to (H, W, 3) uint8 RGB; DataError names the file."""
     return decode_jpeg_bytes(read_frame_bytes(path), path)
+
+
+class FrameCache:
+    """Decoded frames kept in memory, least recently used out first, at most `max_bytes` of
+    pixels (0 = keep nothing). A training epoch draws each of the sample data's ~2,300 training
+    frames ~15 times at 7000 samples, and decoding is half of a sample's cost, so the data
+    loader reads most frames from here. A hit gives exactly what decoding gives (the key holds
+    the decode scale), so a sample never depends on the cache; arrays are read-only, and
+    scaled reads come as PIL images, which the crops resample without another copy. Each
+    loading process (the data worker, or the training process with workers=0) has its own."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[tuple, tuple[np.ndarray | Image.Image, float, int]] = OrderedDict()
+        self.bytes = 0
+        self.full_size_only: set[str] = set()  # frames under SCALED_MIN_PIXELS: one decode for every scale
+        self.hits = self.misses = 0
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """`read_frame`: (H, W, 3) uint8, read-only when it is kept."""
+        key = (str(path), 1, "array")
+        if (item := self._get(key)) is not None:
+            return item[0]
+        pixels = read_frame(path)
+        pixels.flags.writeable = False  # shared by every sample that reads this frame
+        return self._put(key, pixels, 1.0, pixels.nbytes)[0]
+
+    def read_scaled(self, path: str | Path, min_fraction: float) -> tuple[Image.Image, float]:
+        """`read_frame_scaled` as (PIL image, scale), for `crop_scaled`."""
+        path = str(path)
+        k = 1 if min_fraction >= 1.0 or path in self.full_size_only else _power_of_two_reduction(min_fraction)
+        if (item := self._get((path, k, "image"))) is not None:
+            return item[0], item[1]
+        pixels, scale = read_frame_scaled(path, 1.0 if k == 1 else min_fraction)
+        if scale == 1.0 and k != 1:  # a small frame: decoded full size whatever the scale asked
+            self.full_size_only.add(path)
+            k = 1
+        image = Image.fromarray(pixels)
+        item = self._put((path, k, "image"), image, scale, image.width * image.height * 4)  # 4 bytes a pixel inside PIL
+        return item[0], item[1]
+
+    def _get(self, key: tuple):
+        item = self.items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.items.move_to_end(key)
+        return item
+
+    def _put(self, key: tuple, value, scale: float, nbytes: int):
+        item = (value, scale, nbytes)
+        if 0 < nbytes <= self.max_bytes:
+            self.items[key] = item
+            self.bytes += nbytes
+            while self.bytes > self.max_bytes:
+                _, (_, _, old) = self.items.popitem(last=False)
+                self.bytes -= old
+        return item

@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from seqtrack_mlflow.config import Config
-from seqtrack_mlflow.data.frames import crop_scaled, needed_fraction, read_frame, read_frame_scaled
+from seqtrack_mlflow.data.frames import FrameCache, crop_scaled, needed_fraction, read_frame
 from seqtrack_mlflow.data.lasot import LasotDataset, Sequence
 from seqtrack_mlflow.data.transforms import (
     box_to_target,
@@ -121,6 +121,7 @@ class TrainSamples(Dataset):
             raise DataError(f"{dataset.root}: no training sequence of {', '.join(dataset.classes)} has "
                             f"more than {2 * (self.num_templates + NUM_SEARCH)} visible frames")
         self._visible_ids = [np.flatnonzero(s.visible) for s in self.sequences]
+        self.frames = FrameCache(cfg.data.frame_cache_mb << 20)  # filled in the process that loads
 
     def __len__(self) -> int:
         return self.cfg.data.samples_per_epoch
@@ -188,7 +189,7 @@ class TrainSamples(Dataset):
         boxes = {i: seq.boxes[i] for i in ids}
         frames = None
         if d.augment_on == "frames":  # official: joint transform on the whole frames, then crops
-            frames = {i: read_frame(seq.frame_path(i)) for i in ids}
+            frames = {i: self.frames.read(seq.frame_path(i)) for i in ids}
             for i in ids:
                 if gray:
                     frames[i] = to_grayscale_frame(frames[i])
@@ -214,7 +215,7 @@ class TrainSamples(Dataset):
             scaled = {}
             for fid in sorted({fid for fid, _ in windows}):
                 need = needed_fraction([w for f, w in windows if f == fid]) if d.scaled_decode else 1.0
-                scaled[fid] = read_frame_scaled(seq.frame_path(fid), need)
+                scaled[fid] = self.frames.read_scaled(seq.frame_path(fid), need)
             for j, (fid, window) in enumerate(windows[:-1]):
                 crop = crop_scaled(*scaled[fid], window)
                 templates.append(self._finish(crop, None, gray, flip ^ crop_flips[j], brightness[j], extents[0])[0])
@@ -223,7 +224,7 @@ class TrainSamples(Dataset):
             gt = window.image_to_crop(boxes[pick.search])
         else:  # the official crop (cv2) or frame-level augmentation: full-size frames
             if frames is None:
-                frames = {i: read_frame(seq.frame_path(i)) for i in ids}
+                frames = {i: self.frames.read(seq.frame_path(i)) for i in ids}
             for j, fid in enumerate(pick.templates):
                 crop, _, _ = crop_around(frames[fid], boxes[fid], boxes[fid], d.template_factor,
                                          m.template_size, geometry)

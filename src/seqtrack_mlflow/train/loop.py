@@ -232,10 +232,11 @@ class Trainer:
         self.skipped, self.epoch_train_seconds = 0, 0.0
         batches = _unwrapped(loader)
         while True:
-            with clock(phases.DATA_WAIT):
-                batch = next(batches, None)
-            if batch is None:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:  # the loader's end is outside the training blocks too
                 break
+            clock.add(phases.DATA_WAIT, time.perf_counter() - t_wait)
             # Draws that hit an unreadable frame under data.skip_bad_sequences (see the sampler).
             self.skipped += int(batch.pop("skipped").sum())
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -44,6 +44,9 @@ class PhaseClock:
         finally:
             self.seconds[phase] += time.perf_counter() - t0
 
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
+
     def take(self) -> dict[str, float]:
         """The seconds per phase so far, and start again from zero."""
         seconds, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # the result (where outputs go, how data is loaded, how long to train; train.init: the weights
 # it names are already in the checkpoint, and a resume never loads them again).
 RESUMABLE_CHANGES = {"train.epochs", "train.resume", "train.init", "train.allow_data_change", "train.output_dir", "train.workers", "train.device",
-                     "data.root", "data.keep_zip", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
+                     "data.root", "data.keep_zip", "data.frame_cache_mb", "hub.push_every_epoch", "hub.repo_id", "hub.revision",
                      "hub.private", "mlflow.log_models", "mlflow.registered_model", "mlflow.alias",
                      "mlflow.force_champion",
                      "mlflow.system_metrics"}
