@@ -107,7 +107,8 @@ def test_where_the_time_went(run):
     for p in (phases.FORWARD_BACKWARD, phases.OPTIMIZER, phases.VALIDATION, phases.CHECKPOINT,
               phases.ARTIFACT_LOGGING):
         assert all(v > 0 for v in per_phase[p]), p
-    assert per_phase[phases.HELD_OUT_TRACKING] == [0.0] * EPOCHS
+    # Nothing tracked: a skip of microseconds (tracking the held-out videos takes seconds).
+    assert all(v < 1.0 for v in per_phase[phases.HELD_OUT_TRACKING])
     # Inside the training blocks: the sum of the progress blocks' own durations.
     blocks = sum(v for _, v in history(run_id, "time/block_seconds"))
     assert m[names.TRAINING_SECONDS] == pytest.approx(blocks, rel=1e-9)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,15 +99,30 @@ def default_run_name(cfg: Config, config_arg: str) -> str:
 
 
 # -- handlers ------------------------------------------------------------------------------------
+HASHSEED_SET = "SEQTRACK_HASHSEED_SET"  # set by the re-exec below, so it happens once
+
+
+def ensure_hash_seed(seed: int) -> None:
+    """PYTHONHASHSEED only takes effect at interpreter start: re-exec once if it differs. Called
+    before torch is imported, so the re-exec costs an interpreter start, not a second torch import.
+    """
+    if os.environ.get("PYTHONHASHSEED") == str(seed) or os.environ.get(HASHSEED_SET):
+        return
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    os.environ[HASHSEED_SET] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "seqtrack_mlflow", *sys.argv[1:]])
+
+
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    from seqtrack_mlflow.train.determinism import ensure_hash_seed
+    ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     from seqtrack_mlflow.train.distributed import launch_if_needed
 
-    ensure_hash_seed(cfg.seed)  # may re-exec the interpreter once; nothing has started yet
     launch_if_needed(cfg.train.nproc)  # nproc > 1: re-exec under torchrun
     from seqtrack_mlflow.train.signals import StopRequested
     from seqtrack_mlflow.training import run_training

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from seqtrack_mlflow.config import Config
 from seqtrack_mlflow.data.frames import FrameCache, crop_scaled, needed_fraction, read_frame
@@ -149,10 +149,12 @@ class TrainSamples(Dataset):
             return FramePick(k, (base, *prev), search)
         raise DataError(f"{self.sequences[k].path}: no visible template/search frames could be drawn")
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Sample `index` of this epoch, or of another with key (epoch, index) (`EpochSampler`)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range 0..{len(self) - 1}")
-        rng = sample_rng(self.cfg.seed, self.epoch, index)
+        rng = sample_rng(self.cfg.seed, epoch, index)
         skipped = 0
         for _ in range(MAX_ATTEMPTS):
             pick = self.pick_frames(rng)
@@ -165,13 +167,13 @@ class TrainSamples(Dataset):
                 if not self.cfg.data.skip_bad_sequences:
                     raise
                 log.warning("sample %d of epoch %d: %s; drawn again (data.skip_bad_sequences)",
-                            index, self.epoch, exc)
+                            index, epoch, exc)
                 skipped += 1
                 continue
             if item is not None:
                 item["skipped"] = torch.tensor(skipped)  # summed per epoch by the trainer
                 return item
-        raise DataError(f"sample {index} of epoch {self.epoch}: no valid search crop in "
+        raise DataError(f"sample {index} of epoch {epoch}: no valid search crop in "
                         f"{MAX_ATTEMPTS} draws (boxes too small?)")
 
     def make_sample(self, pick: FramePick, rng: np.random.Generator) -> dict[str, torch.Tensor] | None:
@@ -242,6 +244,22 @@ class TrainSamples(Dataset):
         if flip:  # joint flip and per-crop flip (when both roll, they cancel)
             crop, box = flip_crop(crop, box if box is not None else np.zeros(4), extent)
         return to_tensor(crop, brightness), box
+
+
+class EpochSampler(Sampler):
+    """The (epoch, index) keys of the samples one process trains in an epoch, in order: one
+    DataLoader, and so one persistent data worker (with its frame cache), serves every epoch;
+    set `epoch` before iterating."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+        self.epoch = 1
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class ValidationSamples(Dataset):

@@ -10,26 +10,9 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
 import numpy as np
 import torch
-
-_REEXEC_FLAG = "SEQTRACK_HASHSEED_SET"
-
-
-def ensure_hash_seed(seed: int) -> None:
-    """PYTHONHASHSEED only takes effect at interpreter start: re-exec once if it differs.
-
-    The MLproject command sets it already; this covers `python -m seqtrack_mlflow train`.
-    """
-    if os.environ.get("PYTHONHASHSEED") == str(seed) or os.environ.get(_REEXEC_FLAG):
-        return
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    os.environ[_REEXEC_FLAG] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "seqtrack_mlflow", *sys.argv[1:]])
 
 
 def seed_everything(seed: int) -> None:

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.dataset import open_dataset
 from seqtrack_mlflow.data.index import fingerprint
-from seqtrack_mlflow.data.sampler import TrainSamples
+from seqtrack_mlflow.data.sampler import EpochSampler, TrainSamples
 from seqtrack_mlflow.data.summary import dataset_summary
 from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
@@ -114,6 +114,7 @@ class Trainer:
         self.phase_totals = dict.fromkeys(phases.PHASES, 0.0)
         self.training_seconds, self.samples_trained = 0.0, 0  # inside training blocks, this process
         self.start_epoch = 1
+        self.loader: DataLoader | None = None  # built at the first epoch, kept to the last
 
         # Data.
         self.dataset = dataset if dataset is not None else open_dataset(cfg.data)
@@ -168,6 +169,7 @@ class Trainer:
                     self.end_epoch(epoch, train_loss, lr, val_samples, t_epoch)
                 distributed.barrier(self.dist)  # the other ranks wait for validation and checkpoint
         finally:
+            self.loader = None  # its worker processes end here
             if self.is_main:
                 self.progress.close()
                 self.run.log_artifact(self.progress.path)
@@ -217,14 +219,10 @@ class Trainer:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
         cfg, device, world = self.cfg, self.device, self.dist.world
         self.model.train()
-        samples = TrainSamples(self.dataset, cfg, epoch)
-        total = len(samples)  # global samples per epoch
-        if self.dist.enabled:  # this rank's slice of every global batch
-            samples = Subset(samples, distributed.shard_indices(total, cfg.train.batch_size, self.dist))
-        loader = DataLoader(samples, batch_size=cfg.train.batch_size // world, shuffle=False,
-                            num_workers=cfg.train.workers, pin_memory=device.type == "cuda",
-                            prefetch_factor=4 if cfg.train.workers else None,
-                            worker_init_fn=ignore_sigint_in_worker if cfg.train.workers else None)
+        if self.loader is None:
+            self.loader = self._build_loader()
+        self.loader.sampler.epoch = epoch
+        loader, total = self.loader, cfg.data.samples_per_epoch  # global samples per epoch
         every, done = cfg.train.log_every, 0
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         block, clock = _Block(), self.clock
@@ -272,6 +270,24 @@ class Trainer:
             log.warning("epoch %d: %d sample draw(s) hit an unreadable frame and were drawn again "
                         "(data.skip_bad_sequences)", epoch, self.skipped)
         return float(epoch_loss.item() / max(done, 1) / world)
+
+    def _build_loader(self) -> DataLoader:
+        """One DataLoader for the whole run, its sampler naming the epoch: with workers, the
+        worker processes (and their decoded-frame caches) live from the first epoch to the last
+        instead of starting cold every epoch. Samples depend only on (seed, epoch, index)."""
+        cfg, workers = self.cfg, self.cfg.train.workers
+        total = cfg.data.samples_per_epoch
+        # With several processes: this rank's slice of every global batch.
+        indices = (distributed.shard_indices(total, cfg.train.batch_size, self.dist) if self.dist.enabled
+                   else list(range(total)))
+        return DataLoader(TrainSamples(self.dataset, cfg, self.start_epoch), sampler=EpochSampler(indices),
+                          batch_size=cfg.train.batch_size // self.dist.world, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          prefetch_factor=4 if workers else None,
+                          worker_init_fn=ignore_sigint_in_worker if workers else None,
+                          # Its own generator: an iterator draws its workers' base seed from it,
+                          # and the global one (dropout) must not depend on how often that is.
+                          generator=torch.Generator())
 
     def _stop_requested(self, at_block_end: bool) -> bool:
         """One process: after every step. Several: all ranks agree at block ends (else they hang)."""
