@@ -98,12 +98,15 @@ def step_rate(precision: str, steps: int, rounds: int) -> list[float]:
     return rates
 
 
-def job_timing(run_id: str) -> tuple[dict[str, float], dict[str, float]]:
-    """A finished job's end-of-job timing metrics and its mean seconds per epoch in each phase."""
+def job_timing(run_id: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """A finished job's end-of-job timing metrics and, per phase, its seconds in each epoch
+    (plus the epochs' training throughput under names.EPOCH_SAMPLES_PER_SECOND)."""
     client = mlflow.MlflowClient()
     metrics = client.get_run(run_id).data.metrics
-    per_epoch = {k[len(names.PHASE_PREFIX):]: float(np.mean([m.value for m in client.get_metric_history(run_id, k)]))
-                 for k in metrics if k.startswith(names.PHASE_PREFIX)}
+    keys = [k for k in metrics if k.startswith(names.PHASE_PREFIX)] + [names.EPOCH_SAMPLES_PER_SECOND]
+    per_epoch = {k.removeprefix(names.PHASE_PREFIX): [m.value for m in sorted(client.get_metric_history(run_id, k),
+                                                                               key=lambda m: m.step)]
+                 for k in keys}
     return metrics, per_epoch
 
 
@@ -125,13 +128,16 @@ def throughput(args: argparse.Namespace) -> None:
     job_rate = metrics[names.TRAIN_SAMPLES_PER_SECOND]
     inside = metrics[names.TRAINING_SECONDS]
     epochs = args.epochs
-    print("\n| phase | seconds per epoch (mean) |\n|---|---|")
-    for phase, s in phases.items():
-        print(f"| {phase} | {s:.2f} |")
-    print(f"| in training, not in a phase above (batch to device, block bookkeeping) | "
-          f"{inside / epochs - sum(phases[p] for p in IN_TRAINING):.2f} |")
-    print(f"| start-up (process start to the first epoch) | {metrics[names.STARTUP_SECONDS]:.2f} (once) |")
-    print(f"| registration | {metrics[names.REGISTRATION_SECONDS]:.2f} (once) |")
+    rate = phases.pop(names.EPOCH_SAMPLES_PER_SECOND)
+    cols = " | ".join(f"epoch {e}" for e in range(1, epochs + 1))
+    print(f"\n| seconds per epoch | {cols} | mean |\n|---|" + "---|" * (epochs + 1))
+    for phase, values in phases.items():
+        print(f"| {phase} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {np.mean(values):.2f} |")
+    print("| training throughput, samples/s | " + " | ".join(f"{v:.1f}" for v in rate) + f" | {job_rate:.1f} |")
+    print(f"\nin training, not in a phase above (batch to device, block bookkeeping): "
+          f"{inside / epochs - sum(np.mean(phases[p]) for p in IN_TRAINING):.2f} s per epoch; start-up "
+          f"(process start to the first epoch) {metrics[names.STARTUP_SECONDS]:.2f} s; registration "
+          f"{metrics[names.REGISTRATION_SECONDS]:.2f} s")
     print(f"\njob training throughput {job_rate:.1f} samples/s; the step alone {step:.1f} samples/s "
           f"(median of {len(before + after)} rounds of {args.steps} steps, before and after the job): "
           f"**{job_rate / step:.1%}** of the step's rate")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from seqtrack_mlflow.config import load_config
 from seqtrack_mlflow.data.lasot import LasotDataset
-from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples, class_shares, sample_rng
+from seqtrack_mlflow.data.sampler import TrainSamples, ValidationSamples, class_shares, model_batch, sample_rng
 from seqtrack_mlflow.errors import DataError
 from tests.datatrees import make_lasot_tree
 
@@ -200,3 +200,15 @@ def test_frame_cache_keeps_each_decode_scale_apart(tmp_path):
         assert all(_equal(cached[i], plain[i]) for i in range(len(plain)))
     scales = {scale for _, scale, _ in cached.frames.items.values()}
     assert len(scales) > 1 and min(scales) < 1.0, scales
+
+
+@pytest.mark.parametrize("over", [{}, {"data.grayscale_prob": 0.5, "data.brightness_jitter": 0.4}])
+def test_uint8_items_normalised_in_the_batch_are_the_normalised_items(dataset, over):
+    """The trainer's loader passes uint8 crops and normalises the batch (`model_batch`): the
+    same float32 values, bit for bit, as items normalised one by one."""
+    cfg = _cfg(**over)
+    normalised = TrainSamples(dataset, cfg, epoch=2)
+    raw = TrainSamples(dataset, cfg, epoch=2, normalize=False)
+    assert raw[0]["search"].dtype == torch.uint8 and raw[0]["template_scales"].dtype == torch.float32
+    for expected, batch in zip(DataLoader(normalised, batch_size=8), DataLoader(raw, batch_size=8)):
+        assert _equal(expected, model_batch(batch))

@@ -135,14 +135,29 @@ def flip_crop(crop: np.ndarray, box_xywh: np.ndarray, extent: float | None = Non
     return np.ascontiguousarray(crop[:, ::-1]), box
 
 
+def pixel_scale(brightness: float = 1.0) -> np.float32:
+    """The factor a crop's uint8 pixels are multiplied by: brightness / 255, in float32."""
+    return np.float32(brightness / 255.0)
+
+
 def to_tensor(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32: x * brightness / 255, clamped to [0, 1], then
     ImageNet-normalised (official ToTensorAndJitter + Normalize)."""
-    x = crop.astype(np.float32) * np.float32(brightness / 255.0)
+    x = crop.astype(np.float32) * pixel_scale(brightness)
     np.clip(x, 0.0, 1.0, out=x)
     x -= IMAGENET_MEAN
     x /= IMAGENET_STD
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def normalize_crops(crops: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """`to_tensor` of a batch, on any device: uint8 crops (..., 3, H, W) with one `pixel_scale`
+    each (...) -> float32, bit for bit what to_tensor gives (the same float32 operations)."""
+    x = crops.float() * scales[..., None, None, None]
+    x.clamp_(0.0, 1.0)
+    x -= torch.from_numpy(IMAGENET_MEAN).to(x.device)[:, None, None]
+    x /= torch.from_numpy(IMAGENET_STD).to(x.device)[:, None, None]
+    return x
 
 
 def denormalize(t: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ from seqtrack_mlflow import names
 from seqtrack_mlflow.config import Config, TrainConfig
 from seqtrack_mlflow.data.dataset import open_dataset
 from seqtrack_mlflow.data.index import fingerprint
-from seqtrack_mlflow.data.sampler import EpochSampler, TrainSamples
+from seqtrack_mlflow.data.sampler import EpochSampler, TrainSamples, model_batch
 from seqtrack_mlflow.data.summary import dataset_summary
 from seqtrack_mlflow.errors import SeqTrackError, first_line
 from seqtrack_mlflow.geometry import cxcywh_to_xywh, iou_xywh
@@ -237,7 +237,7 @@ class Trainer:
             clock.add(phases.DATA_WAIT, time.perf_counter() - t_wait)
             # Draws that hit an unreadable frame under data.skip_bad_sequences (see the sampler).
             self.skipped += int(batch.pop("skipped").sum())
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = model_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
             loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device,
                                      cfg.train, clock)
             with clock(phases.OPTIMIZER):
@@ -280,7 +280,9 @@ class Trainer:
         # With several processes: this rank's slice of every global batch.
         indices = (distributed.shard_indices(total, cfg.train.batch_size, self.dist) if self.dist.enabled
                    else list(range(total)))
-        return DataLoader(TrainSamples(self.dataset, cfg, self.start_epoch), sampler=EpochSampler(indices),
+        # uint8 crops from the worker, normalised here (model_batch): a quarter of its work and bytes.
+        samples = TrainSamples(self.dataset, cfg, self.start_epoch, normalize=False)
+        return DataLoader(samples, sampler=EpochSampler(indices),
                           batch_size=cfg.train.batch_size // self.dist.world, num_workers=workers,
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=4 if workers else None,
