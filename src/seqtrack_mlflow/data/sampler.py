@@ -259,8 +259,8 @@ class TrainSamples(Dataset):
 
 
 def model_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A batch of normalize=False items as the model takes it: crops normalised (`to_tensor`'s
-    values exactly), the scales dropped."""
+    """A batch of normalize=False items (on the CPU) as the model takes it: crops normalised
+    (`to_tensor`'s values exactly), the scales dropped."""
     out = {k: v for k, v in batch.items() if k not in ("template_scales", "search_scale")}
     out["templates"] = normalize_crops(batch["templates"], batch["template_scales"])
     out["search"] = normalize_crops(batch["search"], batch["search_scale"])

@@ -151,13 +151,14 @@ def to_tensor(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
 
 
 def normalize_crops(crops: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """`to_tensor` of a batch, on any device: uint8 crops (..., 3, H, W) with one `pixel_scale`
-    each (...) -> float32, bit for bit what to_tensor gives (the same float32 operations)."""
-    x = crops.float() * scales[..., None, None, None]
-    x.clamp_(0.0, 1.0)
-    x -= torch.from_numpy(IMAGENET_MEAN).to(x.device)[:, None, None]
-    x /= torch.from_numpy(IMAGENET_STD).to(x.device)[:, None, None]
-    return x
+    """`to_tensor` of a batch: uint8 crops (..., 3, H, W) with one `pixel_scale` each (...) ->
+    float32, bit for bit what to_tensor gives (the same numpy float32 operations). numpy, not
+    torch: one thread, so no parallel region waits on a core the data worker holds."""
+    x = crops.numpy().astype(np.float32) * scales.numpy()[..., None, None, None]
+    np.clip(x, 0.0, 1.0, out=x)
+    x -= IMAGENET_MEAN[:, None, None]
+    x /= IMAGENET_STD[:, None, None]
+    return torch.from_numpy(x)
 
 
 def denormalize(t: torch.Tensor) -> np.ndarray:

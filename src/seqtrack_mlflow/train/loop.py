@@ -237,7 +237,7 @@ class Trainer:
             clock.add(phases.DATA_WAIT, time.perf_counter() - t_wait)
             # Draws that hit an unreadable frame under data.skip_bad_sequences (see the sampler).
             self.skipped += int(batch.pop("skipped").sum())
-            batch = model_batch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            batch = {k: v.to(device, non_blocking=True) for k, v in model_batch(batch).items()}
             loss, stats = train_step(self.actor, self.model, self.optimizer, self.scaler, batch, device,
                                      cfg.train, clock)
             with clock(phases.OPTIMIZER):
