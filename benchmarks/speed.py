@@ -24,7 +24,7 @@ What is measured:
 - inference: model.predict at batch 1 with and without the decoder's key/value cache (whole
   frame and decode only), and that both give identical tokens;
 - torch.compile of the default preset: cold compile seconds, warm step speedup, and whether
-  it pays for itself over the 5-epoch main job (5 x 2000 samples).
+  it pays for itself over the 5-epoch main job (5 x the default preset's samples per epoch).
 Not a test: numbers depend on the machine. Replaces the former benchmarks/model_flops.py;
 benchmarks/data_pipeline.py has the data pipeline's design measurements (decoders, caches).
 """
@@ -63,7 +63,7 @@ from seqtrack_mlflow.train.loop import train_step  # noqa: E402
 from seqtrack_mlflow.train.optim import build_optimizer  # noqa: E402
 
 CPU = torch.device("cpu")
-MAIN_JOB_SAMPLES = 5 * 2000  # the default `mlflow run . -P epochs=5`
+MAIN_JOB_SAMPLES = 5 * load_config("default").data.samples_per_epoch  # the default `mlflow run . -P epochs=5`
 B256_TARGET_S = 1.5  # seconds per training sample (official VideoX code: ~4.6 s, DESIGN.md)
 CACHE_TARGET = 1.5  # KV-cache decode speedup
 
