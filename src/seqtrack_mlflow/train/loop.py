@@ -178,8 +178,8 @@ class Trainer:
             self.listener.training_finished(self.history)
             self.report_text = self.recorder.finish(
                 self.history, self.summary, self.manifest, time.perf_counter() - self.t_start,
-                self.job_timing(time.perf_counter() - t_finish), self.global_samples, self.device,
-                self.no_motion_iou)
+                phases.job_timing(self.training_seconds, self.samples_trained, time.perf_counter() - t_finish),
+                self.global_samples, self.device, self.no_motion_iou)
         # The ranks leave together: one that destroys the process group while rank 0 still
         # writes the report and registers the model can abort in gloo (seen: exit -6).
         distributed.barrier(self.dist)
@@ -287,9 +287,7 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=4 if workers else None,
                           worker_init_fn=ignore_sigint_in_worker if workers else None,
-                          # Its own generator: an iterator draws its workers' base seed from it,
-                          # and the global one (dropout) must not depend on how often that is.
-                          generator=torch.Generator())
+                          generator=torch.Generator())  # its seed draws never touch the global RNG (dropout)
 
     def _stop_requested(self, at_block_end: bool) -> bool:
         """One process: after every step. Several: all ranks agree at block ends (else they hang)."""
@@ -327,16 +325,13 @@ class Trainer:
         """Write the epoch's checkpoint (atomically) and list it in the manifest at once: if
         anything after it fails, the local file is complete and verifiable. (state, path)."""
         with self.clock(phases.CHECKPOINT):
-            return self._write_checkpoint(epoch)
-
-    def _write_checkpoint(self, epoch: int) -> tuple[dict[str, Any], Path]:
-        state = training_state(epoch, self.cfg, self.model, self.optimizer, self.scheduler, self.scaler,
-                               self.history, self.global_samples, time.perf_counter() - self.t_start,
-                               self.run.run_id, self.ema)
-        state[names.DATA_FINGERPRINT_KEY] = self.data_fingerprint
-        path = save_checkpoint(self.manifest.folder / names.checkpoint_name(epoch), state)
-        self.manifest.add(path, epoch)
-        return state, path
+            state = training_state(epoch, self.cfg, self.model, self.optimizer, self.scheduler, self.scaler,
+                                   self.history, self.global_samples, time.perf_counter() - self.t_start,
+                                   self.run.run_id, self.ema)
+            state[names.DATA_FINGERPRINT_KEY] = self.data_fingerprint
+            path = save_checkpoint(self.manifest.folder / names.checkpoint_name(epoch), state)
+            self.manifest.add(path, epoch)
+            return state, path
 
     def publish_checkpoint(self, epoch: int, state: dict[str, Any], path: Path) -> None:
         """The written checkpoint's LoggedModel (if this epoch is one), metrics and artifacts,
@@ -351,14 +346,6 @@ class Trainer:
             self.recorder.stored(path)
         log.info("checkpoint %s (%.1f MB, %.2f s to write)", path, self.manifest.entries[epoch]["bytes"] / 1e6,
                  self.clock.seconds[phases.CHECKPOINT])
-
-    def job_timing(self, registration_seconds: float) -> dict[str, float]:
-        """The job's time at its end: training throughput, and the share spent outside training."""
-        job = phases.seconds_since_process_start()
-        return {names.JOB_SECONDS: job, names.TRAINING_SECONDS: self.training_seconds,
-                names.TRAIN_SAMPLES_PER_SECOND: self.samples_trained / max(self.training_seconds, 1e-9),
-                names.OUTSIDE_TRAINING_FRACTION: 1.0 - self.training_seconds / max(job, 1e-9),
-                names.REGISTRATION_SECONDS: registration_seconds}
 
 
 def _unwrapped(loader):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import psutil
 
+from seqtrack_mlflow import names
+
 # Inside the training blocks (what time/samples_per_second divides by) ...
 DATA_WAIT = "data_wait"                # waiting for the next batch from the loader
 FORWARD_BACKWARD = "forward_backward"  # forward under autocast, loss, backward
@@ -51,6 +53,16 @@ class PhaseClock:
         """The seconds per phase so far, and start again from zero."""
         seconds, self.seconds = self.seconds, dict.fromkeys(PHASES, 0.0)
         return seconds
+
+
+def job_timing(training_seconds: float, samples: int, registration_seconds: float) -> dict[str, float]:
+    """The job's time at its end (names.JOB_SECONDS ...): its training throughput, and the share
+    of its wall time spent outside the training blocks."""
+    job = seconds_since_process_start()
+    return {names.JOB_SECONDS: job, names.TRAINING_SECONDS: training_seconds,
+            names.TRAIN_SAMPLES_PER_SECOND: samples / max(training_seconds, 1e-9),
+            names.OUTSIDE_TRAINING_FRACTION: 1.0 - training_seconds / max(job, 1e-9),
+            names.REGISTRATION_SECONDS: registration_seconds}
 
 
 def seconds_since_process_start() -> float:
