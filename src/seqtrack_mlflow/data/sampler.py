@@ -114,8 +114,8 @@ class TrainSamples(Dataset):
             'box': (4,) float32 cxcywh of the target in the search crop / S}.
     With normalize=False (the trainer's loader) the crops stay uint8, with their `pixel_scale`s
     as 'template_scales' (num_templates,) and 'search_scale' (); `model_batch` normalises a
-    batch of them in the training process, a quarter of the bytes to pass from the data worker
-    and a quarter of its work.
+    batch of them in the training process: a quarter of the bytes to pass from the data worker,
+    and its normalisation taken off the worker.
     """
 
     def __init__(self, dataset: LasotDataset, cfg: Config, epoch: int, normalize: bool = True):

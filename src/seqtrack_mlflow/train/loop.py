@@ -109,9 +109,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []  # one dict of epoch metrics per finished epoch
         self.global_samples = 0
         self.elapsed_before = 0.0  # seconds trained before a resume
-        # Where the time goes (phases.py): this epoch's phases, and the whole job's sums.
-        self.clock = PhaseClock()
-        self.phase_totals = dict.fromkeys(phases.PHASES, 0.0)
+        self.clock = PhaseClock()  # where this epoch's time goes (phases.py)
         self.training_seconds, self.samples_trained = 0.0, 0  # inside training blocks, this process
         self.start_epoch = 1
         self.loader: DataLoader | None = None  # built at the first epoch, kept to the last
@@ -210,10 +208,7 @@ class Trainer:
                  epoch, train_loss, val_iou, best, self.no_motion_iou,
                  f", tracking AUC {tracking['auc']:.4f}" if tracking else "", self.history[-1][names.ROW_SECONDS])
         self.publish_checkpoint(epoch, state, path)
-        seconds = self.clock.take()
-        for phase, s in seconds.items():
-            self.phase_totals[phase] += s
-        self.recorder.phases(epoch, seconds, self.epoch_samples / max(self.epoch_train_seconds, 1e-9))
+        self.recorder.phases(epoch, self.clock.take(), self.epoch_samples / max(self.epoch_train_seconds, 1e-9))
 
     def train_epoch(self, epoch: int) -> float:
         """One epoch of optimizer steps; returns the mean training loss over all ranks."""
@@ -280,7 +275,7 @@ class Trainer:
         # With several processes: this rank's slice of every global batch.
         indices = (distributed.shard_indices(total, cfg.train.batch_size, self.dist) if self.dist.enabled
                    else list(range(total)))
-        # uint8 crops from the worker, normalised here (model_batch): a quarter of its work and bytes.
+        # uint8 crops from the worker, normalised here (model_batch): less for the worker to do and pass.
         samples = TrainSamples(self.dataset, cfg, self.start_epoch, normalize=False)
         return DataLoader(samples, sampler=EpochSampler(indices),
                           batch_size=cfg.train.batch_size // self.dist.world, num_workers=workers,
