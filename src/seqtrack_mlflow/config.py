@@ -63,7 +63,7 @@ class DataConfig:
     `evaluate` does, fp32) and log epoch/val_auc, val_precision, val_norm_precision; the epoch
     with the highest val AUC is then "best" (registry, Hub root, evaluate --epoch best) instead of
     the one with the highest val IoU. 'never': val IoU only. 'auto': always on the bundled sample
-    (637 frames, 7-8 s per epoch on the 2-core AMD EPYC), never on LaSOT (its test videos take hours)."""
+    (637 frames, ~3.5 s per epoch on the 2-core AMD EPYC), never on LaSOT (its test videos take hours)."""
     skip_bad_sequences: bool
     """Skip (and count) a malformed sequence instead of failing."""
     keep_zip: bool
