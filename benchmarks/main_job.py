@@ -98,7 +98,7 @@ def step_rate(precision: str, steps: int, rounds: int) -> list[float]:
     return rates
 
 
-def job_timing(run_id: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+def logged_timing(run_id: str) -> tuple[dict[str, float], dict[str, list[float]]]:
     """A finished job's end-of-job timing metrics and, per phase, its seconds in each epoch
     (plus the epochs' training throughput under names.EPOCH_SAMPLES_PER_SECOND)."""
     client = mlflow.MlflowClient()
@@ -120,7 +120,7 @@ def throughput(args: argparse.Namespace) -> None:
         wall, ckpt_path = run_job(Path(tmp), args.precision, args)
         print(f"  job: {wall:.1f} s wall (`mlflow run`)", flush=True)
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
-        metrics, phases = job_timing(load_checkpoint(ckpt_path)["run_id"])
+        metrics, phases = logged_timing(load_checkpoint(ckpt_path)["run_id"])
     after = step_rate(args.precision, args.steps, args.rounds)
     print(f"  step alone, after the job: {', '.join(f'{r:.1f}' for r in after)} samples/s", flush=True)
 

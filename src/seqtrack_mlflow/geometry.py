@@ -134,15 +134,16 @@ def target_window(box_xywh: np.ndarray, factor: float, output_size: int) -> Crop
     return crop_window((x + 0.5 * w, y + 0.5 * h), math.sqrt(max(w * h, 0.0)) * factor, output_size)
 
 
-def crop_image(image: np.ndarray | Image.Image, window: CropWindow) -> np.ndarray:
+def crop_image(image: np.ndarray | Image.Image, window: CropWindow, scale: float = 1.0) -> np.ndarray:
     """Cut `window` out of an (H, W, 3) uint8 image (or the same as a PIL image), zero outside
-    it, resized (bilinear).
+    it, resized (bilinear). `scale`: the image is the frame decoded at that size (DCT-scaled
+    decoding, data/frames.py), so the window's corners are scaled by it.
 
     One PIL affine transform does crop, zero padding and resize together, so no padded
     full-size copy is ever made.
     """
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    box = (window.x1, window.y1, window.x1 + window.side, window.y1 + window.side)
+    box = tuple(v * scale for v in (window.x1, window.y1, window.x1 + window.side, window.y1 + window.side))
     out = img.transform((window.output_size, window.output_size), Image.Transform.EXTENT, box,
                         resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out)

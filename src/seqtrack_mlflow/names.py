@@ -47,7 +47,7 @@ PHASE_PREFIX = "time/phase/"  # + a phase name: its seconds in the epoch (step =
 EPOCH_SAMPLES_PER_SECOND = "time/epoch_samples_per_second"  # the epoch's samples / seconds inside its training blocks
 STARTUP_SECONDS = "time/startup_seconds"  # step 0: process start to the first epoch
 # At the end (step = global samples): the whole job.
-JOB_SECONDS = "time/job_seconds"  # process start to the end of training (the report follows)
+JOB_SECONDS = "time/job_seconds"  # process start to the end of training and registration (the report follows)
 TRAINING_SECONDS = "time/training_seconds"  # inside training blocks: data wait, forward/backward, optimizer
 TRAIN_SAMPLES_PER_SECOND = "time/train_samples_per_second"  # samples trained / TRAINING_SECONDS
 OUTSIDE_TRAINING_FRACTION = "time/outside_training_fraction"  # 1 - TRAINING_SECONDS / JOB_SECONDS

@@ -170,15 +170,7 @@ def crop_scaled(pixels: np.ndarray | Image.Image, scale: float, window) -> np.nd
     """`geometry.crop_image(full_frame, window)` computed from a frame decoded at `scale` (an
     array or the same as a PIL image): the same square, zero outside the image, bilinear, with
     the window's corners scaled."""
-    if scale == 1.0:
-        return crop_image(pixels, window)
-    box = (window.x1 * scale, window.y1 * scale, (window.x1 + window.side) * scale,
-           (window.y1 + window.side) * scale)
-    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    out = image.transform((window.output_size, window.output_size),
-                                            Image.Transform.EXTENT, box,
-                                            resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
-    return np.asarray(out)
+    return crop_image(pixels, window, scale)
 
 
 def read_frame(path: str | Path) -> np.ndarray:

@@ -143,17 +143,15 @@ def pixel_scale(brightness: float = 1.0) -> np.float32:
 def to_tensor(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32: x * brightness / 255, clamped to [0, 1], then
     ImageNet-normalised (official ToTensorAndJitter + Normalize)."""
-    x = crop.astype(np.float32) * pixel_scale(brightness)
-    np.clip(x, 0.0, 1.0, out=x)
-    x -= IMAGENET_MEAN
-    x /= IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    chw = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))
+    return normalize_crops(chw, torch.tensor(pixel_scale(brightness)))
 
 
 def normalize_crops(crops: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """`to_tensor` of a batch: uint8 crops (..., 3, H, W) with one `pixel_scale` each (...) ->
-    float32, bit for bit what to_tensor gives (the same numpy float32 operations). numpy, not
-    torch: one thread, so no parallel region waits on a core the data worker holds."""
+    """uint8 crops (..., 3, H, W) with one `pixel_scale` each (...) -> float32: x * scale,
+    clamped to [0, 1], ImageNet-normalised; `to_tensor` is this for one crop, so a batch
+    normalised here equals its crops normalised one by one. numpy, not torch: one thread, so no
+    parallel region waits on a core the data worker holds."""
     x = crops.numpy().astype(np.float32) * scales.numpy()[..., None, None, None]
     np.clip(x, 0.0, 1.0, out=x)
     x -= IMAGENET_MEAN[:, None, None]

@@ -104,7 +104,7 @@ class RunRecorder:
     def finish(self, history: list[dict[str, float]], summary: dict[str, Any], manifest: Manifest,
                total_seconds: float, timing: dict[str, float], step: int, device: torch.device,
                no_motion_iou: float) -> str:
-        """Total time and the job's timing (Trainer.job_timing), plots and report.md; returns the
+        """Total time and the job's timing (`phases.job_timing`), plots and report.md; returns the
         report's text."""
         self.run.log_metrics({"time/total_seconds": total_seconds, **timing}, step=step)
         for p in report.save_plots(self.blocks, history, self.out_dir / names.PLOTS, no_motion_iou):

@@ -106,7 +106,7 @@ def time_lines(phase_rows: list[dict[str, float]], timing: dict[str, float], fir
     lines = ["", "## Where the time went", "",
              f"Training throughput {timing[names.TRAIN_SAMPLES_PER_SECOND]:.1f} samples/s inside the training "
              f"blocks; {timing[names.OUTSIDE_TRAINING_FRACTION]:.1%} of the job's "
-             f"{timing[names.JOB_SECONDS]:.0f} s (process start to the last epoch's artifacts, registration "
+             f"{timing[names.JOB_SECONDS]:.0f} s (process start to the end of the registration, which took "
              f"{timing[names.REGISTRATION_SECONDS]:.1f} s) was spent outside them. Seconds per epoch "
              f"(`{names.PHASE_PREFIX}*` metrics):", "",
              "| epoch | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
